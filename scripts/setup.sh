@@ -24,6 +24,10 @@ pip_install ros-rclpy ros-rmw-fastrtps-cpp ros-std-msgs ros-sensor-msgs ros-diag
   ros-ament-cmake ros-ament-package catkin-pkg ros-ament-cmake-include-directories \
   ros-rosidl-core-generators ros-ament-cmake-ros-core empy lark numpy
 
+# What `source install/setup.bash` does on a ROS machine: let the ament index find this prefix.
+site=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+echo "import os, sys; os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)" > "$site/ams_ament_prefix.pth"
+
 echo "[3/4] ams_msgs (rosidl_generate_interfaces against the wheels)"
 bash "$root/scripts/build_msgs.sh"
 
