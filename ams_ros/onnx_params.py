@@ -1,0 +1,82 @@
+"""Edge side: the student's parameters as ONNX initializers (onnx + numpy, no torch).
+
+The exported model names each trainable parameter's initializer after its manifest entry
+(`onnx_export` guarantees and checks this), so the manifest alone, which travels in the
+snapshot, is the map from the flat vector to the graph.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ams_ros.manifest import FLAT_DTYPE, ParameterManifest
+
+
+def check_initializers(model: onnx.ModelProto, manifest: ParameterManifest) -> None:
+    """Raise ValueError unless every manifest entry is exactly one used float32 initializer.
+
+    The shape must match, and some node must read it, or writing it would change nothing.
+    """
+    graph = model.graph
+    counts = Counter(init.name for init in graph.initializer)
+    by_name = {init.name: init for init in graph.initializer}
+    used = {name for node in graph.node for name in node.input}
+    problems = []
+    for entry in manifest.entries:
+        init = by_name.get(entry.name)
+        if init is None:
+            problems.append(f'{entry.name}: no initializer of that name')
+        elif counts[entry.name] > 1:
+            problems.append(f'{entry.name}: {counts[entry.name]} initializers share the name')
+        elif init.data_type != onnx.TensorProto.FLOAT:
+            problems.append(f'{entry.name}: initializer is not float32')
+        elif tuple(init.dims) != entry.shape:
+            problems.append(f'{entry.name}: initializer shape {tuple(init.dims)} '
+                            f'!= manifest {entry.shape}')
+        elif entry.name not in used:
+            problems.append(f'{entry.name}: initializer is not read by any node')
+    if problems:
+        raise ValueError('manifest does not map one-to-one onto the ONNX initializers:\n  '
+                         + '\n  '.join(problems))
+
+
+def read_vector(model: onnx.ModelProto, manifest: ParameterManifest) -> np.ndarray:
+    """Copy the manifest's initializers out of the model into a new flat vector."""
+    check_initializers(model, manifest)
+    wanted = set(manifest.names)
+    return manifest.join({init.name: numpy_helper.to_array(init)
+                          for init in model.graph.initializer if init.name in wanted})
+
+
+class InitializerWriter:
+    """Turn flat vectors into serialized models, reusing one parsed template.
+
+    Writing only replaces the raw bytes of the manifest's initializers and re-serializes, which
+    is much cheaper than re-exporting or re-parsing. A ModelProto passed in becomes the template
+    and is mutated. Not thread-safe.
+    """
+
+    def __init__(self, model: onnx.ModelProto | bytes, manifest: ParameterManifest):
+        if isinstance(model, bytes):
+            model = onnx.load_from_string(model)
+        check_initializers(model, manifest)
+        self._model = model
+        self.manifest = manifest
+        by_name = {init.name: init for init in model.graph.initializer}
+        self._targets = [(by_name[e.name], e.offset, e.stop) for e in manifest.entries]
+        for init, _, _ in self._targets:
+            # Values may sit in float_data; raw_data must then be the only copy.
+            if not init.HasField('raw_data'):
+                init.raw_data = numpy_helper.to_array(init).astype(FLAT_DTYPE).tobytes()
+                del init.float_data[:]
+
+    def write(self, flat: np.ndarray) -> bytes:
+        """Return the serialized model with the flat vector's values in its initializers."""
+        self.manifest.check_vector(flat)
+        for init, start, stop in self._targets:
+            init.raw_data = flat[start:stop].tobytes()
+        return self._model.SerializeToString()
