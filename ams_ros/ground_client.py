@@ -1,0 +1,162 @@
+"""One drone as the ground station serves it (Algorithm 1 of the paper).
+
+Frames arrive in batches; the teacher labels them into the horizon buffer and the φ-scores of
+consecutive labels drive the drone's sampling rate (ASR) and update period (ATR). Each training
+phase trains the ground's copy of the drone's student and encodes the change as a patch against
+the mirror of what the drone runs; the trainer then continues from the mirror's values, so the
+ground always trains exactly the model the drone has (fp16 or quantised values included).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ams_ros.horizon_buffer import HorizonBuffer
+from ams_ros.manifest import ParameterManifest, module_to_vector
+from ams_ros.model_version import GroundMirror, PatchPayload
+from ams_ros.onnx_params import InitializerWriter
+from ams_ros.patch_codec import DEFAULT_FORMAT, PatchFormat
+from ams_ros.rate_control import (
+    AdaptiveSamplingRate,
+    AdaptiveTrainingRate,
+    AsrConfig,
+    AtrConfig,
+    phi_score,
+)
+from ams_ros.snapshot import SnapshotPayload, build_snapshot
+from ams_ros.trainer import PhaseResult, Trainer, TrainerConfig
+
+# The model a drone starts from (the pretrained student) is version 1; 0 means "no model".
+INITIAL_VERSION = 1
+# Weight of the past in the moving average of φ that multi-drone scheduling reads.
+PHI_SMOOTHING = 0.7
+
+
+@dataclass(frozen=True)
+class GroundConfig:
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    patch_format: PatchFormat = DEFAULT_FORMAT
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    atr: AtrConfig = field(default_factory=AtrConfig)
+
+
+@dataclass(frozen=True)
+class StudentTemplate:
+    """What every drone starts from: the student's weights, export and metadata."""
+
+    model: object  # torch.nn.Module holding the initial (pretrained) weights
+    manifest: ParameterManifest
+    model_id: str
+    onnx_bytes: bytes
+    class_names: tuple[str, ...]
+    input_spec: object  # ams_ros.student.InputSpec
+
+    @classmethod
+    def from_model(cls, model, arch: str, class_names, input_spec) -> StudentTemplate:
+        """Export the model once; every client's snapshots are written into this export."""
+        from ams_ros.onnx_export import export_student_onnx
+
+        exported = export_student_onnx(model, input_spec)
+        return cls(model=model, manifest=exported.manifest,
+                   model_id=exported.manifest.model_id(arch), onnx_bytes=exported.model_bytes,
+                   class_names=tuple(class_names), input_spec=input_spec)
+
+    @property
+    def initial_vector(self) -> np.ndarray:
+        return module_to_vector(self.model, self.manifest)
+
+
+@dataclass(frozen=True)
+class PhaseOutput:
+    patch: PatchPayload
+    result: PhaseResult
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    sampling_rate: float  # frames/s
+    update_period: float  # T_update, s
+
+
+class GroundClient:
+    """Buffer, trainer, mirror and rate controllers of one drone."""
+
+    def __init__(self, client_id: str, template: StudentTemplate, teacher,
+                 config: GroundConfig | None = None, *, seed: int = 0,
+                 key: bytes | None = None):
+        self.client_id = client_id
+        self.template = template
+        self.teacher = teacher
+        self.config = config or GroundConfig()
+        self._key = key
+        self.trainer = Trainer(copy.deepcopy(template.model), template.manifest,
+                               self.config.trainer, seed, template.input_spec)
+        self.buffer = HorizonBuffer(self.config.trainer.horizon_s)
+        self.mirror = GroundMirror(client_id, template.model_id, INITIAL_VERSION,
+                                   self.trainer.weights(), fmt=self.config.patch_format, key=key)
+        self.asr = AdaptiveSamplingRate(self.config.asr)
+        self.atr = AdaptiveTrainingRate(self.config.atr)
+        self._writer: InitializerWriter | None = None
+        self._last_label: tuple[float, np.ndarray] | None = None
+        self._phi_average: float | None = None  # the scheduler's signal, fresher than ASR's
+        self.pending_frames = 0  # labelled since the last phase
+        self.frames_labelled = 0
+
+    @property
+    def phi(self) -> float | None:
+        """Recent φ-score (moving average): how fast this drone's scene changes now."""
+        return self._phi_average
+
+    def add_frames(self, frames: np.ndarray, stamps) -> np.ndarray:
+        """Label a batch with the teacher, buffer it, feed φ to ASR; return the labels."""
+        stamps = [float(s) for s in stamps]
+        labels = np.asarray(self.teacher.label(frames, stamps))
+        for i in np.argsort(stamps, kind='stable'):
+            stamp, label = stamps[i], labels[i]
+            if not self.buffer.add(stamp, frames[i], label):
+                continue  # older than the horizon: useless for training
+            if self._last_label is not None and stamp > self._last_label[0]:
+                self._observe_phi(stamp, phi_score(self._last_label[1], label,
+                                                   len(self.template.class_names)))
+            if self._last_label is None or stamp > self._last_label[0]:
+                self._last_label = (stamp, label)
+            self.pending_frames += 1
+            self.frames_labelled += 1
+        return labels
+
+    def _observe_phi(self, stamp: float, phi: float | None) -> None:
+        self.asr.observe(stamp, phi)
+        if phi is not None:
+            self._phi_average = (phi if self._phi_average is None
+                                 else PHI_SMOOTHING * self._phi_average
+                                 + (1 - PHI_SMOOTHING) * phi)
+
+    def train_phase(self, now: float | None = None) -> PhaseOutput:
+        """Run one phase over the horizon and return the patch that carries its result."""
+        result = self.trainer.run_phase(self.buffer, now)
+        patch = self.mirror.make_patch(result.indices, result.values)
+        self.trainer.set_weights(self.mirror.vector)
+        self.pending_frames = 0
+        return PhaseOutput(patch, result)
+
+    def update_rates(self, now: float) -> RateDecision | None:
+        """Apply Eq. 1 (and ATR) once per δt of stamp time; None between updates."""
+        rate = self.asr.update(now)
+        if rate is None:
+            return None
+        period = (self.atr.update(self.asr.last_phi_mean)
+                  if self.asr.last_phi_mean is not None else self.atr.update_period)
+        return RateDecision(rate, period)
+
+    def snapshot(self) -> SnapshotPayload:
+        """Return the drone's current model (the mirror) as a whole-model snapshot."""
+        if self._writer is None:
+            self._writer = InitializerWriter(self.template.onnx_bytes, self.template.manifest)
+        t = self.template
+        return build_snapshot(client_id=self.client_id, model_id=t.model_id,
+                              version=self.mirror.version, writer=self._writer,
+                              manifest=t.manifest, vector=self.mirror.vector,
+                              class_names=t.class_names, input_spec=t.input_spec, key=self._key)

@@ -1,0 +1,94 @@
+"""Many drones, one training device (paper Appendix E).
+
+Each drone is a GroundClient with its own buffer, optimiser state and mirror. The device trains
+one phase at a time; the scheduler picks which drone goes next among those with new frames:
+
+- ``round_robin``: the drone that has waited longest since its last phase;
+- ``phi_weighted``: stride scheduling by φ: every decision, each waiting drone earns credit equal
+  to its scene-change score (floored so calm scenes are never starved), and the drone with the
+  most credit trains and spends it. Fast-changing scenes get proportionally more phases.
+
+Clients come and go: a drone is added when its first batch arrives (or explicitly) and removed
+when it leaves; removing one never disturbs the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ams_ros.ground_client import GroundClient, GroundConfig, PhaseOutput, StudentTemplate
+
+POLICIES = ('round_robin', 'phi_weighted')
+
+
+@dataclass
+class _Slot:
+    client: GroundClient
+    credit: float = 0.0
+    last_trained: int = -1  # decision counter of its last phase
+
+
+class GroundServer:
+    """Serve any number of drones; train them in turn on one device."""
+
+    def __init__(self, template: StudentTemplate, make_teacher: Callable[[str], object],
+                 config: GroundConfig | None = None, *, policy: str = 'round_robin',
+                 phi_floor: float = 0.05, key: bytes | None = None, seed: int = 0):
+        if policy not in POLICIES:
+            raise ValueError(f'policy must be one of {POLICIES}, got {policy!r}')
+        if phi_floor <= 0:
+            raise ValueError('phi_floor must be positive, or calm drones could starve')
+        self.template = template
+        self.make_teacher = make_teacher
+        self.config = config or GroundConfig()
+        self.policy = policy
+        self.phi_floor = phi_floor
+        self._key = key
+        self._seed = seed
+        self._slots: dict[str, _Slot] = {}
+        self._decisions = 0
+
+    @property
+    def client_ids(self) -> list[str]:
+        return list(self._slots)
+
+    def client(self, client_id: str) -> GroundClient:
+        return self._slots[client_id].client
+
+    def add_client(self, client_id: str) -> GroundClient:
+        """Return the drone's client, creating it (from the template) on first contact."""
+        slot = self._slots.get(client_id)
+        if slot is None:
+            client = GroundClient(client_id, self.template, self.make_teacher(client_id),
+                                  self.config, seed=self._seed + len(self._slots), key=self._key)
+            slot = self._slots[client_id] = _Slot(client)
+        return slot.client
+
+    def remove_client(self, client_id: str) -> None:
+        self._slots.pop(client_id, None)
+
+    def add_frames(self, client_id: str, frames, stamps):
+        return self.add_client(client_id).add_frames(frames, stamps)
+
+    def next_client(self) -> str | None:
+        """Pick the drone that trains next, or None when no drone has new frames."""
+        ready = {cid: s for cid, s in self._slots.items() if s.client.pending_frames > 0}
+        if not ready:
+            return None
+        if self.policy == 'round_robin':
+            return min(ready, key=lambda cid: ready[cid].last_trained)
+        for slot in ready.values():
+            slot.credit += max(slot.client.phi or 0.0, self.phi_floor)
+        return max(ready, key=lambda cid: ready[cid].credit)
+
+    def train_next(self) -> tuple[str, PhaseOutput] | None:
+        """Run one phase for the scheduled drone; None when nobody is waiting."""
+        client_id = self.next_client()
+        if client_id is None:
+            return None
+        slot = self._slots[client_id]
+        self._decisions += 1
+        slot.last_trained = self._decisions
+        slot.credit = 0.0
+        return client_id, slot.client.train_phase()

@@ -1,0 +1,106 @@
+"""Whole-model snapshots: what the ground sends when a drone cannot continue from patches.
+
+A snapshot is self-contained: the ONNX model with the current parameter values, the parameter
+manifest (so later patches can be applied), class names, input size and normalisation, and the
+digest of the flat vector. The drone activates it only after `open_snapshot` has checked the
+tag, the model, the manifest's one-to-one mapping onto initializers, and the digest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ams_ros.auth import check_tag, sign
+from ams_ros.manifest import ParameterManifest, vector_digest
+from ams_ros.onnx_params import InitializerWriter, check_initializers, read_vector
+
+FORMAT_ONNX = 'onnx'
+
+
+class SnapshotError(ValueError):
+    """A snapshot that must not be activated; `reason` is a short code for counting."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f'{reason}: {message}')
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SnapshotPayload:
+    """One ams_msgs/ModelSnapshot message's content (all but the header), field for field."""
+
+    client_id: str
+    model_id: str
+    version: int
+    format: str
+    model_data: bytes
+    parameters: tuple[tuple[str, tuple[int, ...], int], ...]  # (name, shape, offset)
+    class_names: tuple[str, ...]
+    input_height: int
+    input_width: int
+    mean: tuple[float, float, float]  # 0..255 pixel scale, float32-exact (survives the wire)
+    std: tuple[float, float, float]
+    digest: bytes
+    auth_tag: bytes = b''
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.model_data) + sum(len(p[0]) + 8 * (len(p[1]) + 1)
+                                          for p in self.parameters)
+
+
+@dataclass(frozen=True)
+class OpenedSnapshot:
+    payload: SnapshotPayload
+    manifest: ParameterManifest
+    vector: np.ndarray
+
+
+def build_snapshot(*, client_id: str, model_id: str, version: int, writer: InitializerWriter,
+                   manifest: ParameterManifest, vector: np.ndarray, class_names, input_spec,
+                   key: bytes | None = None) -> SnapshotPayload:
+    """Serialise the model at `vector` into a (signed, when a key is given) snapshot."""
+    payload = SnapshotPayload(
+        client_id=client_id, model_id=model_id, version=int(version), format=FORMAT_ONNX,
+        model_data=writer.write(vector),
+        parameters=tuple((e.name, e.shape, e.offset) for e in manifest.entries),
+        class_names=tuple(class_names), input_height=int(input_spec.height),
+        input_width=int(input_spec.width), mean=_float32_triplet(input_spec.mean),
+        std=_float32_triplet(input_spec.std), digest=vector_digest(vector))
+    return sign(payload, key)
+
+
+def open_snapshot(payload: SnapshotPayload, key: bytes | None = None) -> OpenedSnapshot:
+    """Verify a received snapshot and return its manifest and flat vector."""
+    import onnx
+
+    reason = check_tag(payload, key)
+    if reason:
+        raise SnapshotError(reason, 'the snapshot is not signed with the shared key')
+    if payload.format != FORMAT_ONNX:
+        raise SnapshotError('unknown-format', f"format '{payload.format}' is not onnx")
+    try:
+        manifest = ParameterManifest.from_shapes((name, shape)
+                                                 for name, shape, _ in payload.parameters)
+        if [e.offset for e in manifest.entries] != [int(p[2]) for p in payload.parameters]:
+            raise ValueError('offsets are not the contiguous layout')
+    except (ValueError, TypeError) as e:
+        raise SnapshotError('bad-manifest', str(e)) from e
+    try:
+        model = onnx.load_from_string(bytes(payload.model_data))
+        check_initializers(model, manifest)
+        vector = read_vector(model, manifest)
+    except Exception as e:  # noqa: BLE001 - protobuf and onnx raise many types on bad bytes
+        raise SnapshotError('bad-model', f'{type(e).__name__}: {e}') from e
+    if vector_digest(vector) != bytes(payload.digest):
+        raise SnapshotError('digest-mismatch', 'the parameters do not match the digest')
+    return OpenedSnapshot(payload, manifest, vector)
+
+
+def _float32_triplet(values) -> tuple[float, float, float]:
+    # Stored on the 0..255 pixel scale and rounded to float32, as the message carries it, so a
+    # tag computed here still verifies on the receiving side.
+    scaled = np.asarray(values, np.float64) * 255.0
+    return tuple(float(v) for v in scaled.astype(np.float32))

@@ -1,0 +1,173 @@
+"""The ground's engine: per-drone training into patches and snapshots, and the multi-drone core."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ams_ros.ground_client import INITIAL_VERSION, GroundClient, GroundConfig, StudentTemplate
+from ams_ros.ground_server import GroundServer
+from ams_ros.model_version import APPLIED, EdgeModelState
+from ams_ros.rate_control import AsrConfig
+from ams_ros.snapshot import SnapshotError, open_snapshot
+from ams_ros.student import InputSpec, build_student
+from ams_ros.trainer import TrainerConfig
+
+CLASSES = ('dark', 'red', 'green')
+SPEC = InputSpec(height=32, width=64)
+KEY = b'k' * 32
+
+
+class ChannelTeacher:
+    """Labels a pixel by its brightest channel (dark when all are low): learnable and exact."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def label(self, frames, stamps):
+        self.calls += 1
+        frames = np.asarray(frames, np.int32)
+        labels = np.where(frames[..., 0] > frames[..., 1], 1, 2).astype(np.uint8)
+        labels[frames.max(axis=-1) < 60] = 0
+        return labels
+
+
+def random_frames(rng, n, size=(32, 64)):
+    """Blocky random scenes: each 8x8 cell one of the classes' colours."""
+    cells = rng.integers(0, 3, (n, size[0] // 8, size[1] // 8))
+    palette = np.array([[20, 20, 20], [200, 30, 30], [30, 200, 30]], np.uint8)
+    return palette[cells].repeat(8, axis=1).repeat(8, axis=2)
+
+
+@pytest.fixture(scope='module')
+def template():
+    torch.manual_seed(0)
+    model = build_student('deeplabv3_mbv2_small', len(CLASSES))
+    return StudentTemplate.from_model(model, 'deeplabv3_mbv2_small', CLASSES, SPEC)
+
+
+def fast_config(**trainer):
+    defaults = dict(iterations=3, batch_size=2, learning_rate=3e-3, channels_last=False)
+    defaults.update(trainer)
+    return GroundConfig(trainer=TrainerConfig(**defaults), asr=AsrConfig(interval=10.0))
+
+
+def feed(client, rng, n, start):
+    stamps = [start + i for i in range(n)]
+    return client.add_frames(random_frames(rng, n), stamps)
+
+
+def test_patches_keep_the_drone_identical_to_the_mirror(template):
+    rng = np.random.default_rng(0)
+    client = GroundClient('d1', template, ChannelTeacher(), fast_config(), key=KEY)
+    opened = open_snapshot(client.snapshot(), KEY)
+    edge = EdgeModelState(key=KEY)
+    assert edge.load_snapshot(INITIAL_VERSION, opened.vector, client.snapshot().digest,
+                              model_id=template.model_id).kind == APPLIED
+    for phase in range(3):
+        feed(client, rng, 4, start=10.0 * phase)
+        out = client.train_phase()
+        assert (out.patch.base_version, out.patch.version) == (phase + 1, phase + 2)
+        assert edge.offer(out.patch).kind == APPLIED
+        # The drone, the mirror and the trainer's weights agree bit for bit.
+        np.testing.assert_array_equal(edge.vector, client.mirror.vector)
+        np.testing.assert_array_equal(client.trainer.weights(), client.mirror.vector)
+    assert not np.array_equal(edge.vector, template.initial_vector)
+
+
+def test_snapshot_carries_the_current_model(template):
+    rng = np.random.default_rng(2)
+    client = GroundClient('d1', template, ChannelTeacher(), fast_config())
+    feed(client, rng, 4, start=0.0)
+    client.train_phase()
+    snap = client.snapshot()
+    opened = open_snapshot(snap)
+    assert snap.version == INITIAL_VERSION + 1
+    np.testing.assert_array_equal(opened.vector, client.mirror.vector)
+    assert opened.manifest == template.manifest
+    assert snap.class_names == CLASSES
+    assert (snap.input_height, snap.input_width) == (32, 64)
+    # Normalisation travels on the 0..255 scale, as float32 values (what the message holds).
+    assert snap.mean == tuple(float(np.float32(m * 255)) for m in SPEC.mean)
+
+
+@pytest.mark.parametrize('field,value,reason', [
+    ('model_data', b'not an onnx model', 'bad-model'),
+    ('digest', bytes(32), 'digest-mismatch'),
+    ('format', 'tflite', 'unknown-format'),
+    ('parameters', (('x', (3,), 5),), 'bad-manifest'),
+])
+def test_damaged_snapshots_are_refused(template, field, value, reason):
+    snap = GroundClient('d1', template, ChannelTeacher(), fast_config()).snapshot()
+    with pytest.raises(SnapshotError) as err:
+        open_snapshot(dataclasses.replace(snap, **{field: value}))
+    assert err.value.reason == reason
+
+
+def test_snapshot_signatures(template):
+    signed = GroundClient('d1', template, ChannelTeacher(), fast_config(), key=KEY).snapshot()
+    unsigned = GroundClient('d1', template, ChannelTeacher(), fast_config()).snapshot()
+    assert open_snapshot(signed, KEY).vector.size == template.manifest.total_size
+    for snap, reason in [(unsigned, 'unsigned'),
+                         (dataclasses.replace(signed, version=9), 'bad-signature')]:
+        with pytest.raises(SnapshotError) as err:
+            open_snapshot(snap, KEY)
+        assert err.value.reason == reason
+
+
+def test_sampling_rate_follows_scene_change(template):
+    rng = np.random.default_rng(3)
+    calm = GroundClient('calm', template, ChannelTeacher(), fast_config())
+    busy = GroundClient('busy', template, ChannelTeacher(), fast_config())
+    still = random_frames(rng, 1)
+    calm.add_frames(np.repeat(still, 12, axis=0), [float(t) for t in range(12)])
+    feed(busy, rng, 12, start=0.0)
+    calm_rate, busy_rate = calm.update_rates(11.0), busy.update_rates(11.0)
+    assert calm.update_rates(11.5) is None  # once per δt only
+    assert calm_rate.sampling_rate < busy_rate.sampling_rate
+    assert calm.asr.last_phi_mean == 0.0 and busy.asr.last_phi_mean > 0.3
+    assert calm.phi == 0.0 and busy.phi > 0.3
+
+
+def make_server(template, policy):
+    return GroundServer(template, lambda cid: ChannelTeacher(),
+                        fast_config(iterations=1, batch_size=1), policy=policy)
+
+
+def test_round_robin_serves_waiting_drones_in_turn(template):
+    rng = np.random.default_rng(4)
+    server = make_server(template, 'round_robin')
+    for cid in ('a', 'b', 'c'):
+        server.add_frames(cid, random_frames(rng, 2), [0.0, 1.0])
+    order = [server.train_next()[0] for _ in range(3)]
+    assert sorted(order) == ['a', 'b', 'c']
+    assert server.train_next() is None  # nobody has new frames
+    server.add_frames('b', random_frames(rng, 1), [2.0])
+    assert server.train_next()[0] == 'b'
+
+
+def test_phi_weighted_gives_changing_scenes_more_phases(template):
+    rng = np.random.default_rng(5)
+    server = make_server(template, 'phi_weighted')
+    still = random_frames(rng, 1)
+    counts = {'calm': 0, 'busy': 0}
+    for step in range(12):
+        server.add_frames('calm', still, [float(step)])
+        server.add_frames('busy', random_frames(rng, 1), [float(step)])
+        for cid in counts:
+            server.client(cid).update_rates(float(step))
+        counts[server.train_next()[0]] += 1
+    assert counts['busy'] > 2 * counts['calm'] > 0
+
+
+def test_clients_come_and_go(template):
+    rng = np.random.default_rng(6)
+    server = make_server(template, 'round_robin')
+    server.add_frames('a', random_frames(rng, 1), [0.0])
+    server.add_frames('b', random_frames(rng, 1), [0.0])
+    server.remove_client('a')
+    assert server.client_ids == ['b']
+    assert server.train_next()[0] == 'b'
+    # A returning drone starts over from the template (it will be sent a snapshot).
+    assert server.add_client('a').mirror.version == INITIAL_VERSION

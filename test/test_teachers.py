@@ -1,0 +1,264 @@
+import importlib.util
+import io
+import warnings
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ams_ros import IGNORE_LABEL
+from ams_ros.onnx_export import export_student_onnx
+from ams_ros.student import IMAGENET_MEAN, IMAGENET_STD, InputSpec, build_student
+from ams_ros.teachers import (
+    OnnxTeacher,
+    Teacher,
+    TorchTeacher,
+    class_lookup,
+    make_teacher,
+    select_torch_device,
+    to_student_ids,
+)
+
+SPEC = InputSpec(height=32, width=64)
+NUM_CLASSES = 4
+HAS_TORCHVISION = importlib.util.find_spec('torchvision') is not None
+
+
+@pytest.fixture(scope='module')
+def student():
+    """Return a student with data-set BatchNorm statistics, so its labels vary over a frame."""
+    torch.manual_seed(0)
+    model = build_student('deeplabv3_mbv2_small', NUM_CLASSES)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.momentum = None
+    with torch.no_grad():
+        model.train()(torch.randn(4, 3, SPEC.height, SPEC.width))
+    return model.eval()
+
+
+@pytest.fixture(scope='module')
+def uint8_onnx(student, tmp_path_factory):
+    """Write the student as the edge gets it: uint8 NHWC in, 'labels' and 'logits' out."""
+    path = tmp_path_factory.mktemp('onnx') / 'student_uint8.onnx'
+    path.write_bytes(export_student_onnx(student, SPEC).model_bytes)
+    return path
+
+
+@pytest.fixture(scope='module')
+def float_onnx(student, tmp_path_factory):
+    """Write the bare student: normalised float NCHW in, logits out, any batch and size."""
+    path = tmp_path_factory.mktemp('onnx') / 'student_float.onnx'
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        torch.onnx.export(student, (torch.zeros(1, 3, SPEC.height, SPEC.width),), buffer,
+                          dynamo=False, opset_version=17, input_names=['x'],
+                          output_names=['scores'],
+                          dynamic_axes={'x': {0: 'n', 2: 'h', 3: 'w'}})
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+@pytest.fixture(scope='module')
+def frames():
+    """Return smooth random frames (noise upsampled), so labels form regions, not speckle."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (3, 8, 16, 3), np.uint8)
+    return np.stack([cv2.resize(f, (SPEC.width, SPEC.height), interpolation=cv2.INTER_CUBIC)
+                     for f in small])
+
+
+def _student_labels(uint8_onnx, frames):
+    session = ort.InferenceSession(str(uint8_onnx), providers=['CPUExecutionProvider'])
+    return np.concatenate([session.run(['labels'], {'image': f[None]})[0] for f in frames])
+
+
+STAMPS = [0.0, 1.0, 2.0]
+
+
+def test_onnx_teacher_on_the_exported_student_gives_its_labels(uint8_onnx, frames):
+    expected = _student_labels(uint8_onnx, frames)
+    assert len(np.unique(expected)) > 1
+    for output in ('logits', 'labels'):
+        teacher = OnnxTeacher(uint8_onnx, output=output)
+        assert isinstance(teacher, Teacher)
+        labels = teacher.label(frames, STAMPS)
+        assert labels.dtype == np.uint8 and labels.shape == frames.shape[:3]
+        np.testing.assert_array_equal(labels, expected)
+
+
+def test_onnx_teacher_labels_frames_at_their_own_size(uint8_onnx, frames):
+    big = np.stack([cv2.resize(f, (2 * SPEC.width, 2 * SPEC.height)) for f in frames])
+    at_model_size = _student_labels(
+        uint8_onnx, np.stack([cv2.resize(f, (SPEC.width, SPEC.height),
+                                         interpolation=cv2.INTER_AREA) for f in big]))
+
+    labels = OnnxTeacher(uint8_onnx, output='labels').label(big, STAMPS)
+    assert labels.shape == big.shape[:3]
+    np.testing.assert_array_equal(labels[:, ::2, ::2], at_model_size)
+
+    # Logits are upsampled before the argmax: the same labels but for a few boundary pixels.
+    from_logits = OnnxTeacher(uint8_onnx, output='logits').label(big, STAMPS)
+    assert from_logits.shape == big.shape[:3]
+    assert (from_logits == labels).mean() > 0.9
+
+
+def test_float_nchw_onnx_teacher_normalises_like_the_student(float_onnx, uint8_onnx, frames):
+    teacher = OnnxTeacher(float_onnx, normalization='imagenet', batch_size=2)
+    assert teacher.batch_size == 2 and not teacher.takes_uint8 and not teacher.channels_last
+    np.testing.assert_array_equal(teacher.label(frames, STAMPS),
+                                  _student_labels(uint8_onnx, frames))
+
+    # The same normalisation spelled out, and the wrong one, which changes the labels.
+    explicit = OnnxTeacher(float_onnx, normalization=(IMAGENET_MEAN, IMAGENET_STD))
+    np.testing.assert_array_equal(explicit.label(frames, STAMPS), teacher.label(frames, STAMPS))
+    raw = OnnxTeacher(float_onnx, normalization='in-graph')
+    assert not np.array_equal(raw.label(frames, STAMPS), teacher.label(frames, STAMPS))
+
+
+def test_onnx_teacher_runs_a_dynamic_model_at_the_given_input_size(float_onnx, frames):
+    big = np.stack([cv2.resize(f, (2 * SPEC.width, 2 * SPEC.height)) for f in frames])
+    at_size = OnnxTeacher(float_onnx, input_size=(SPEC.height, SPEC.width)).label(big, STAMPS)
+    native = OnnxTeacher(float_onnx).label(big, STAMPS)
+    assert at_size.shape == native.shape == big.shape[:3]
+    assert not np.array_equal(at_size, native)  # the input size did reach the model
+
+
+def test_fixed_size_model_rejects_another_input_size(uint8_onnx):
+    with pytest.raises(ValueError, match='the model takes'):
+        OnnxTeacher(uint8_onnx, input_size=(SPEC.height * 2, SPEC.width))
+
+
+def test_class_map_translates_teacher_classes_and_ignores_the_rest(uint8_onnx, frames):
+    expected = _student_labels(uint8_onnx, frames)
+    remap = {0: 2, 1: 0}  # classes 2 and 3 have no student class
+    labels = OnnxTeacher(uint8_onnx, output='labels', class_map=remap).label(frames, STAMPS)
+    want = np.full_like(expected, IGNORE_LABEL)
+    want[expected == 0] = 2
+    want[expected == 1] = 0
+    np.testing.assert_array_equal(labels, want)
+
+
+def test_class_lookup_accepts_config_forms():
+    np.testing.assert_array_equal(class_lookup({'2': 0, '0': 1}), [1, IGNORE_LABEL, 0])
+    np.testing.assert_array_equal(class_lookup([3, -1, 0]), [3, IGNORE_LABEL, 0])
+    ids = np.array([[0, 1, 2, 7]])
+    np.testing.assert_array_equal(to_student_ids(ids, class_lookup([3, -1, 0])),
+                                  [[3, IGNORE_LABEL, 0, IGNORE_LABEL]])
+    with pytest.raises(ValueError, match='class_map'):
+        to_student_ids(np.array([[300]]), None)
+    with pytest.raises(ValueError, match='student ids'):
+        class_lookup({0: 256})
+
+
+class _HalfResolution(nn.Module):
+    """A tiny segmentation net with torchvision's output convention: {'out': logits}."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, NUM_CLASSES, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {'out': self.conv(x)}
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:DeprecationWarning')
+def test_torchscript_teacher_loads_a_scripted_model(tmp_path, frames):
+    torch.manual_seed(1)
+    module = _HalfResolution().eval()
+    path = tmp_path / 'teacher.pt'
+    torch.jit.script(module).save(str(path))
+
+    teacher = make_teacher({'kind': 'torchscript', 'path': str(path), 'device': 'cpu',
+                            'batch_size': 2})
+    assert isinstance(teacher, Teacher)
+    labels = teacher.label(frames, STAMPS)
+
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1)
+    with torch.no_grad():
+        logits = F.interpolate(module(x)['out'], size=frames.shape[1:3], mode='bilinear')
+    np.testing.assert_array_equal(labels, logits.argmax(1).numpy())
+    assert labels.dtype == np.uint8 and len(np.unique(labels)) > 1
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.trace.* is deprecated:DeprecationWarning')
+def test_torchscript_student_teaches_what_its_onnx_export_does(student, uint8_onnx, frames,
+                                                                 tmp_path):
+    path = tmp_path / 'student.pt'
+    torch.jit.trace(student, torch.zeros(1, 3, SPEC.height, SPEC.width),
+                    check_trace=False).save(str(path))
+    labels = TorchTeacher.from_torchscript(path, device='cpu').label(frames, STAMPS)
+    assert (labels == _student_labels(uint8_onnx, frames)).mean() > 0.99
+
+
+def test_torch_device_auto_picks_cuda_only_when_available():
+    assert select_torch_device('auto') == ('cuda' if torch.cuda.is_available() else 'cpu')
+    assert select_torch_device('cpu') == 'cpu'
+
+
+@pytest.mark.skipif(HAS_TORCHVISION, reason='torchvision imports here')
+def test_torchvision_teacher_without_torchvision_says_so(tmp_path):
+    weights = tmp_path / 'w.pt'
+    weights.write_bytes(b'')
+    with pytest.raises(RuntimeError, match='needs torchvision'):
+        make_teacher({'kind': 'torchvision', 'name': 'lraspp_mobilenet_v3_large',
+                      'weights': str(weights)})
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason='torchvision does not import here')
+def test_torchvision_teacher_loads_local_weights(tmp_path, frames):
+    from torchvision.models import segmentation
+
+    torch.manual_seed(2)
+    module = segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                    num_classes=NUM_CLASSES).eval()
+    weights = tmp_path / 'lraspp.pt'
+    torch.save(module.state_dict(), weights)
+    teacher = make_teacher({'kind': 'torchvision', 'name': 'lraspp_mobilenet_v3_large',
+                            'weights': str(weights), 'num_classes': NUM_CLASSES})
+    assert teacher.device == select_torch_device('auto')
+    expected = TorchTeacher(module, device='cpu').label(frames, STAMPS)
+    assert (teacher.label(frames, STAMPS) == expected).mean() > 0.99
+
+
+def test_synthetic_teacher_labels_the_known_flight():
+    from ams_ros.world import AerialVideo
+
+    teacher = make_teacher({'kind': 'synthetic', 'seed': 1003, 'duration_s': 20})
+    frames = np.zeros((2, 24, 48, 3), np.uint8)  # only their size matters to this teacher
+    labels = teacher.label(frames, [3.0, 7.0])
+    video = AerialVideo(1003, duration_s=20)
+    for label, stamp in zip(labels, [3.0, 7.0], strict=True):
+        np.testing.assert_array_equal(label, video.render_at_stamp(stamp, 24, 48)[1])
+
+
+@pytest.mark.parametrize('spec, error, match', [
+    ({'kind': 'onnx', 'path': '/nonexistent/teacher.onnx'}, FileNotFoundError, 'not found'),
+    ({'kind': 'torchscript', 'path': '/nonexistent/t.pt'}, FileNotFoundError, 'not found'),
+    ({'kind': 'caffe', 'path': 'x'}, ValueError, 'kind must be one of'),
+    ({'path': 'x'}, ValueError, 'kind must be one of'),
+    ({'kind': 'onnx'}, ValueError, "missing a required argument: 'path'"),
+    ({'kind': 'onnx', 'path': 'x', 'colour': 1}, ValueError, r"unknown options \['colour'\]"),
+    ({'kind': 'synthetic'}, ValueError, "'seed'"),
+])
+def test_bad_specs_fail_clearly(spec, error, match):
+    with pytest.raises(error, match=match):
+        make_teacher(spec)
+
+
+def test_bad_inputs_fail_clearly(uint8_onnx, frames):
+    with pytest.raises(ValueError, match="'logits' or 'labels'"):
+        OnnxTeacher(uint8_onnx, output='probabilities')
+    with pytest.raises(ValueError, match='no output'):
+        OnnxTeacher(uint8_onnx, output_name='scores')
+    teacher = OnnxTeacher(uint8_onnx)
+    with pytest.raises(ValueError, match='3 frames but 2 stamps'):
+        teacher.label(frames, STAMPS[:2])
+    with pytest.raises(ValueError, match='uint8 N x H x W x 3'):
+        teacher.label(frames.astype(np.float32), STAMPS)
