@@ -10,6 +10,7 @@ ground always trains exactly the model the drone has (fp16 or quantised values i
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from ams_ros.horizon_buffer import HorizonBuffer
 from ams_ros.manifest import ParameterManifest, module_to_vector
 from ams_ros.model_version import GroundMirror, PatchPayload
-from ams_ros.onnx_params import InitializerWriter
+from ams_ros.onnx_params import CLASS_NAMES_KEY, MODEL_ID_KEY, InitializerWriter
 from ams_ros.patch_codec import DEFAULT_FORMAT, PatchFormat
 from ams_ros.rate_control import (
     AdaptiveSamplingRate,
@@ -59,10 +60,12 @@ class StudentTemplate:
         """Export the model once; every client's snapshots are written into this export."""
         from ams_ros.onnx_export import export_student_onnx
 
-        exported = export_student_onnx(model, input_spec)
-        return cls(model=model, manifest=exported.manifest,
-                   model_id=exported.manifest.model_id(arch), onnx_bytes=exported.model_bytes,
-                   class_names=tuple(class_names), input_spec=input_spec)
+        model_id = ParameterManifest.from_module(model).model_id(arch)
+        exported = export_student_onnx(model, input_spec, {
+            MODEL_ID_KEY: model_id, CLASS_NAMES_KEY: json.dumps(list(class_names))})
+        return cls(model=model, manifest=exported.manifest, model_id=model_id,
+                   onnx_bytes=exported.model_bytes, class_names=tuple(class_names),
+                   input_spec=input_spec)
 
     @property
     def initial_vector(self) -> np.ndarray:

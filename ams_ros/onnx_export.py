@@ -26,7 +26,7 @@ from torch import nn
 
 from ams_ros import IGNORE_LABEL
 from ams_ros.manifest import ParameterManifest, module_to_vector, vector_to_module
-from ams_ros.onnx_params import InitializerWriter
+from ams_ros.onnx_params import MANIFEST_KEY, InitializerWriter
 from ams_ros.student import InputSpec
 
 OPSET = 17
@@ -58,8 +58,12 @@ class _UInt8ImageModel(nn.Module):
         return logits.argmax(dim=1).to(torch.uint8), logits
 
 
-def export_student_onnx(model: nn.Module, input_spec: InputSpec) -> OnnxExport:
-    """Export the student (in eval mode, on a copy) with a one-to-one parameter mapping."""
+def export_student_onnx(model: nn.Module, input_spec: InputSpec,
+                        metadata: dict[str, str] | None = None) -> OnnxExport:
+    """Export the student (in eval mode, on a copy) with a one-to-one parameter mapping.
+
+    The manifest and any extra `metadata` are stored in the model's metadata_props.
+    """
     manifest = ParameterManifest.from_module(model)
     true_values = module_to_vector(model, manifest)
     traced = copy.deepcopy(model).cpu().eval()
@@ -82,6 +86,8 @@ def export_student_onnx(model: nn.Module, input_spec: InputSpec) -> OnnxExport:
     onnx_model = onnx.load_from_string(buffer.getvalue())
     _name_initializers_after_manifest(onnx_model, manifest, marker_values)
     onnx.checker.check_model(onnx_model)
+    for key, value in {MANIFEST_KEY: manifest.to_json(), **(metadata or {})}.items():
+        onnx_model.metadata_props.add(key=key, value=value)
     return OnnxExport(InitializerWriter(onnx_model, manifest).write(true_values), manifest)
 
 

@@ -52,6 +52,28 @@ def read_vector(model: onnx.ModelProto, manifest: ParameterManifest) -> np.ndarr
                           for init in model.graph.initializer if init.name in wanted})
 
 
+# metadata_props keys of an exported student: with them an ONNX file alone is enough for a
+# drone to start and accept patches.
+MANIFEST_KEY = 'ams.manifest'
+MODEL_ID_KEY = 'ams.model_id'
+CLASS_NAMES_KEY = 'ams.class_names'
+
+
+def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def manifest_from_metadata(model: onnx.ModelProto) -> ParameterManifest:
+    """Return the manifest stored in the model, checked against its initializers."""
+    text = model_metadata(model).get(MANIFEST_KEY)
+    if text is None:
+        raise ValueError(f"the ONNX model has no '{MANIFEST_KEY}' metadata: export it with "
+                         'ams_ros.onnx_export.export_student_onnx')
+    manifest = ParameterManifest.from_json(text)
+    check_initializers(model, manifest)
+    return manifest
+
+
 class InitializerWriter:
     """Turn flat vectors into serialized models, reusing one parsed template.
 
