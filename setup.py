@@ -30,6 +30,9 @@ setup(
         'gpu': ['onnxruntime-gpu'],
         # The ground station trains; the drone never needs torch.
         'ground': ['torch>=2.1'],
+        # Offline evaluation (plots, progress) and rosbag2 files without a ROS install.
+        'eval': ['matplotlib', 'tqdm'],
+        'bag': ['rosbags'],
         'test': ['pytest', 'ruff', 'hypothesis'],
     },
     zip_safe=True,

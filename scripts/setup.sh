@@ -31,8 +31,8 @@ echo "import os, sys; os.environ.setdefault('AMENT_PREFIX_PATH', sys.prefix)" > 
 echo "[3/4] ams_msgs (rosidl_generate_interfaces against the wheels)"
 bash "$root/scripts/build_msgs.sh"
 
-echo "[4/4] ams_ros with its CPU, ground and test extras"
+echo "[4/4] ams_ros with its CPU, ground, evaluation, bag and test extras"
 # Not editable: an editable install skips data_files (share/ams_ros, the ament index).
-pip_install "$root[cpu,ground,test]"
+pip_install "$root[cpu,ground,eval,bag,test]"
 
 python -c 'import rclpy, ams_msgs.msg, ams_ros' && echo "Setup complete: source $venv/bin/activate"
