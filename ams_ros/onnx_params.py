@@ -75,30 +75,67 @@ def manifest_from_metadata(model: onnx.ModelProto) -> ParameterManifest:
 
 
 class InitializerWriter:
-    """Turn flat vectors into serialized models, reusing one parsed template.
+    """Turn flat vectors into serialized models, reusing one serialized template.
 
-    Writing only replaces the raw bytes of the manifest's initializers and re-serializes, which
-    is much cheaper than re-exporting or re-parsing. A ModelProto passed in becomes the template
-    and is mutated. Not thread-safe.
+    The template is serialized once and the byte offset of each manifest initializer's
+    raw_data inside it is recorded; writing a vector then copies its slices into a copy of
+    those bytes. That costs a few milliseconds with numpy instead of a protobuf
+    re-serialization, which holds the interpreter lock for tens of milliseconds and would
+    stall the inference thread on every swap. A ModelProto passed in is copied, not mutated.
     """
 
     def __init__(self, model: onnx.ModelProto | bytes, manifest: ParameterManifest):
-        if isinstance(model, bytes):
-            model = onnx.load_from_string(model)
+        model = (onnx.load_from_string(model) if isinstance(model, bytes)
+                 else _copy_model(model))
         check_initializers(model, manifest)
-        self._model = model
         self.manifest = manifest
         by_name = {init.name: init for init in model.graph.initializer}
-        self._targets = [(by_name[e.name], e.offset, e.stop) for e in manifest.entries]
-        for init, _, _ in self._targets:
+        for entry in manifest.entries:
+            init = by_name[entry.name]
             # Values may sit in float_data; raw_data must then be the only copy.
             if not init.HasField('raw_data'):
                 init.raw_data = numpy_helper.to_array(init).astype(FLAT_DTYPE).tobytes()
                 del init.float_data[:]
+        self._template = model.SerializeToString()
+        self._slices = _raw_data_offsets(self._template, model, manifest)
 
     def write(self, flat: np.ndarray) -> bytes:
         """Return the serialized model with the flat vector's values in its initializers."""
         self.manifest.check_vector(flat)
-        for init, start, stop in self._targets:
-            init.raw_data = flat[start:stop].tobytes()
-        return self._model.SerializeToString()
+        out = bytearray(self._template)
+        view = np.frombuffer(out, np.uint8)
+        source = flat.astype(FLAT_DTYPE, copy=False).view(np.uint8)
+        for offset, start, stop in self._slices:
+            view[offset:offset + 4 * (stop - start)] = source[4 * start:4 * stop]
+        return bytes(out)
+
+
+def _copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _raw_data_offsets(serialized: bytes, model: onnx.ModelProto,
+                      manifest: ParameterManifest) -> list[tuple[int, int, int]]:
+    """Locate each manifest initializer's raw_data bytes in the serialized model.
+
+    A sub-message serializes to the same bytes inside its parent, and initializers are
+    serialized in order, so each one is found by scanning forward; its raw_data (field 9)
+    is its last field when no later field is set, which is checked.
+    """
+    wanted = {e.name: e for e in manifest.entries}
+    slices, position = [], 0
+    for init in model.graph.initializer:
+        entry = wanted.get(init.name)
+        if entry is None:
+            continue
+        encoded = init.SerializeToString()
+        if not encoded.endswith(init.raw_data):
+            raise ValueError(f'{init.name}: raw_data is not the last field of its initializer')
+        found = serialized.find(encoded, position)
+        if found < 0:
+            raise ValueError(f'{init.name}: initializer bytes not found in the model')
+        position = found + len(encoded)
+        slices.append((position - len(init.raw_data), entry.offset, entry.stop))
+    return slices
