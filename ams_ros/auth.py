@@ -71,6 +71,8 @@ def check_tag(message, key: bytes | None) -> str:
     tag = getattr(message, TAG_FIELD, b'')
     if not tag:
         return 'unsigned'
+    if not isinstance(tag, (bytes, bytearray, memoryview, array.array)):
+        return 'bad-signature'   # bytes() of an int would allocate that many bytes
     try:
         expected = compute_tag(message, key)
         return '' if hmac.compare_digest(bytes(tag), expected) else 'bad-signature'

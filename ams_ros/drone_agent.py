@@ -91,20 +91,30 @@ class DroneAgent:
         return outcome
 
     def load_snapshot(self, payload: SnapshotPayload) -> Outcome:
-        """Verify a whole-model snapshot and make it active (off the inference path)."""
+        """Verify a whole-model snapshot and make it active (off the inference path).
+
+        A snapshot that needs a new runtime (the first model, or another layout) has it built
+        before anything is activated: one ONNX Runtime cannot load is refused as a bad model.
+        """
+        runtime = None
         try:
             opened = open_snapshot(payload, self._key)
+            if self.runtime is None or opened.manifest != self._manifest:
+                runtime, class_names = self._new_runtime(payload, opened.manifest)
         except SnapshotError as e:
             self.snapshot_rejections[e.reason] = self.snapshot_rejections.get(e.reason, 0) + 1
             return Outcome(NEEDS_SNAPSHOT, f'snapshot-{e.reason}', self.state.version)
         outcome = self.state.load_snapshot(payload.version, opened.vector, payload.digest,
                                            model_id=payload.model_id)
-        if outcome.kind == APPLIED:
-            if self.runtime is not None and opened.manifest == self._manifest:
-                self.runtime.submit(self.state.vector, self.state.version)
-            else:
-                self._activate(bytes(payload.model_data), opened.manifest,
-                               payload.class_names)
+        if outcome.kind != APPLIED:
+            if runtime is not None:
+                runtime.close()
+        elif runtime is None:
+            self.runtime.submit(self.state.vector, self.state.version)
+        else:
+            self._install(runtime, opened.manifest, class_names)
+            if self.state.version != payload.version:   # held patches applied on top
+                runtime.submit(self.state.vector, self.state.version)
         return outcome
 
     def offer_patch(self, patch: PatchPayload) -> Outcome:
@@ -148,11 +158,25 @@ class DroneAgent:
         return frame_rgb.shape[:2]
 
     def _activate(self, model_bytes: bytes, manifest: ParameterManifest, class_names) -> None:
+        runtime = EdgeRuntime(model_bytes, manifest, self.state.version, self.config.runtime)
+        self._install(runtime, manifest, tuple(class_names))
+
+    def _new_runtime(self, payload: SnapshotPayload,
+                     manifest: ParameterManifest) -> tuple[EdgeRuntime, tuple]:
+        """Build the runtime of a verified snapshot's model; SnapshotError if it cannot run."""
+        try:
+            class_names = tuple(payload.class_names)
+            return EdgeRuntime(bytes(payload.model_data), manifest, payload.version,
+                               self.config.runtime), class_names
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types on bad graphs
+            raise SnapshotError('bad-model', f'{type(e).__name__}: {e}') from e
+
+    def _install(self, runtime: EdgeRuntime, manifest: ParameterManifest, class_names) -> None:
         # A different model (architecture or layout) needs a new runtime; the reference swap
         # is atomic, and the old runtime finishes the frame it is on before it is closed.
         previous = self.runtime
-        self.runtime = EdgeRuntime(model_bytes, manifest, self.state.version, self.config.runtime)
+        self.runtime = runtime
         self._manifest = manifest
-        self.class_names = tuple(class_names)
+        self.class_names = class_names
         if previous is not None:
             previous.close()

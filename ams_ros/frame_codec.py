@@ -248,7 +248,8 @@ def decode_frames(data: bytes, codec: str, width: int, height: int,
     """
     if codec not in CODECS:
         raise FrameCodecError(Reason.UNKNOWN_CODEC, f'unknown codec {codec!r}')
-    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE
+    if not (all(isinstance(n, (int, np.integer)) for n in (width, height, expected_count))
+            and 1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE
             and 1 <= expected_count <= MAX_COUNT):
         raise FrameCodecError(Reason.MISMATCH, f'impossible request: {expected_count} frames of '
                                                f'{width}x{height}')
@@ -347,8 +348,20 @@ def _decode_image(chunk: bytes, codec: str, width: int, height: int) -> np.ndarr
 
 
 def _png_size(chunk: bytes) -> tuple[int, int] | None:
-    """Width and height from the IHDR chunk, which a PNG must start with."""
+    """Width and height from the IHDR chunk, which a PNG must start with.
+
+    None unless the PNG's chunks exactly fill the data: OpenCV allocates what a chunk's length
+    field says (4 GB and 14 s for a 200-byte PNG whose IDAT length lies) before reading it.
+    """
     if len(chunk) < 24 or chunk[:8] != b'\x89PNG\r\n\x1a\n' or chunk[12:16] != b'IHDR':
+        return None
+    offset = 8
+    while offset < len(chunk):  # each chunk: length, type, that many bytes, CRC
+        if offset + 12 > len(chunk):
+            return None
+        (length,) = struct.unpack_from('>I', chunk, offset)
+        offset += 12 + length
+    if offset != len(chunk):
         return None
     return struct.unpack('>II', chunk[16:24])
 

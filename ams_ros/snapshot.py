@@ -8,6 +8,7 @@ tag, the model, the manifest's one-to-one mapping onto initializers, and the dig
 
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ from ams_ros.manifest import ParameterManifest, vector_digest
 from ams_ros.onnx_params import InitializerWriter, check_initializers, read_vector
 
 FORMAT_ONNX = 'onnx'
+# What a uint8[] field may arrive as; bytes() of anything else (an int) could allocate gigabytes.
+_BYTES_LIKE = (bytes, bytearray, memoryview, array.array)
 
 
 class SnapshotError(ValueError):
@@ -86,15 +89,18 @@ def open_snapshot(payload: SnapshotPayload, key: bytes | None = None) -> OpenedS
                                                  for name, shape, _ in payload.parameters)
         if [e.offset for e in manifest.entries] != [int(p[2]) for p in payload.parameters]:
             raise ValueError('offsets are not the contiguous layout')
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:   # inf offsets, dims past int64
         raise SnapshotError('bad-manifest', str(e)) from e
     try:
+        if not isinstance(payload.model_data, _BYTES_LIKE):
+            raise TypeError(f'model_data is a {type(payload.model_data).__name__}')
         model = onnx.load_from_string(bytes(payload.model_data))
         check_initializers(model, manifest)
         vector = read_vector(model, manifest)
     except Exception as e:  # noqa: BLE001 - protobuf and onnx raise many types on bad bytes
         raise SnapshotError('bad-model', f'{type(e).__name__}: {e}') from e
-    if vector_digest(vector) != bytes(payload.digest):
+    if (not isinstance(payload.digest, _BYTES_LIKE)
+            or vector_digest(vector) != bytes(payload.digest)):
         raise SnapshotError('digest-mismatch', 'the parameters do not match the digest')
     return OpenedSnapshot(payload, manifest, vector)
 

@@ -39,19 +39,26 @@ class ImageConversionError(ValueError):
 
 def image_to_array(msg) -> np.ndarray:
     """Return the pixels of a sensor_msgs/Image as an (H, W) or (H, W, C) array (a copy)."""
-    fmt = PIXEL_FORMATS.get(msg.encoding)
+    fmt = PIXEL_FORMATS.get(msg.encoding) if isinstance(msg.encoding, str) else None
     if fmt is None:
         raise ImageConversionError(
             'unsupported-encoding',
             f"encoding '{msg.encoding}' is not one of {sorted(PIXEL_FORMATS)}")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    # rclpy checks field types only on request (ROS_PYTHON_CHECK_FIELDS), so check them here.
+    sizes = (msg.height, msg.width, msg.step)
+    if not all(isinstance(n, (int, np.integer)) and n >= 0 for n in sizes):
+        raise ImageConversionError('malformed', f'height, width, step {sizes!r} are not uint32')
+    height, width, step = (int(n) for n in sizes)
     if height == 0 or width == 0:
         raise ImageConversionError('empty', f'image is {width}x{height}')
     row_bytes = width * fmt.channels * fmt.dtype.itemsize
     if step < row_bytes:
         raise ImageConversionError(
             'bad-step', f'step {step} < width {width} x {fmt.channels * fmt.dtype.itemsize} bytes')
-    data = np.frombuffer(msg.data, np.uint8)
+    try:
+        data = np.frombuffer(msg.data, np.uint8)
+    except (TypeError, ValueError) as e:
+        raise ImageConversionError('malformed', f'data is not bytes: {e}') from None
     if data.size != height * step:
         raise ImageConversionError(
             'bad-length', f'data has {data.size} bytes, height x step = {height * step}')
