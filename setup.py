@@ -43,6 +43,9 @@ setup(
     entry_points={
         'console_scripts': [
             'ams = ams_ros.cli:main',
+            'ams_drone = ams_ros.ros.drone_node:main',
+            'ams_ground = ams_ros.ros.ground_node:main',
+            'ams_camera = ams_ros.ros.camera_node:main',
         ],
     },
 )

@@ -1,27 +1,41 @@
-"""The `ams` command-line tool."""
+"""The `ams` command-line tool.
+
+Each subcommand lives in its own module with `build_parser(parser)` and `run(args)`; only the
+chosen one is imported, so `ams launch drone` on a drone never imports torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
+COMMANDS = {
+    'doctor': ('ams_ros.ros.doctor', 'check that this machine can run the drone and ground nodes'),
+    'launch': ('ams_ros.launcher', 'start the drone, ground or demo nodes as processes'),
+    'demo': ('ams_ros.demo', 'run a synthetic flight through camera, drone and ground nodes'),
+    'bag': ('ams_ros.bag', 'record and replay rosbag2 files without a ROS install'),
+    'eval': ('ams_ros.evaluation.runner', "reproduce the paper's tables offline"),
+    'pretrain': ('ams_ros.pretrain', 'pretrain the generic student on the synthetic world'),
+}
 
-def _doctor(args) -> int:
-    from ams_ros.ros.doctor import doctor
 
-    return doctor(args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='ams', description=__doc__)
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='ams', description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest='command', required=True)
-    commands.add_parser('doctor', help='check that this machine can run the drone and ground '
-                        'nodes').set_defaults(run=_doctor)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.build_parser(sub)
+            sub.set_defaults(run=module.run)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith('-')), None)
+    args = build_parser(chosen).parse_args(argv)
     return args.run(args)
 
 

@@ -56,7 +56,13 @@ def _h264():
     return f'PyAV {av.__version__} with libx264'
 
 
-def doctor(_args) -> int:
+def build_parser(parser=None):
+    import argparse
+
+    return parser or argparse.ArgumentParser(prog='ams doctor')
+
+
+def run(_args) -> int:
     """Check that this machine can run the drone and ground nodes."""
     print(f'Python {platform.python_version()} on {platform.machine()}')
     results = [
