@@ -1,0 +1,527 @@
+"""`ams eval`: run the schemes (and ablations) on flights, write results JSON and a report.
+
+Profiles (every option can still be given on its own):
+
+- ``--quick`` (the default; a CPU machine): the small student at 128x256, 180-s flights, a
+  1 fps camera scored on every frame, K = 5 iterations of batch 8, T_update 10 s, and each
+  ground phase assumed to take 3 s (a 2-core CPU's wall time says nothing about a ground GPU
+  and varies with whatever else runs). Three held-out flights with the three default schemes
+  took 13 CPU-minutes here (2 torch threads): under 10 minutes of wall time on an otherwise
+  idle 2-core machine, longer on a shared one.
+- ``--full`` (a GPU): the full student at 256x512, 600-s flights, K = 20 (the paper's), phases
+  taking their measured wall time, training on CUDA where available.
+
+Sources: synthetic flights (``--seeds``; seeds >= 1000 are held out from pretraining), or a video
+file (``--video``) with either a teacher (``--teacher``: a make_teacher config as JSON text or a
+.json file, or ``onnx:PATH`` / ``torchscript:PATH``) whose labels are the ground truth, or a
+folder of precomputed ``gt_%06d.png`` labels (``--labels``), which also serve as the teacher.
+
+Ablations (``--ablation``, repeatable) add AMS variants to every flight, named ``ams[...]``:
+``selection`` (Table 3: strategy x fraction, plus full-model training as the reference),
+``t_update`` (Figure 4: T_update 10-40 s), ``asr`` (sampling rate fixed at r_max),
+``patch_codec`` (the paper's gzip/fp16 format against ours), ``uplink_codec`` (JPEG frames
+instead of H.264).
+
+Output folder: ``results.json`` ({'meta': ..., 'results': [SchemeResult.to_dict(), ...]}),
+``table.txt``, and whatever ``ams_ros.evaluation.report.write_report(results, out_dir,
+metadata=meta)`` writes when that module is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import math
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ams_ros.drone_agent import DroneConfig
+from ams_ros.evaluation.core import EvalContext, SchemeResult
+from ams_ros.evaluation.link import ChannelConfig, LinkConfig
+from ams_ros.evaluation.schemes import SCHEMES, Ams
+from ams_ros.evaluation.sources import (
+    CachedLabelTeacher,
+    CachedSource,
+    SyntheticSource,
+    VideoFileSource,
+)
+from ams_ros.frame_codec import CodecSettings
+from ams_ros.ground_client import GroundConfig
+from ams_ros.patch_codec import DEFAULT_FORMAT, PAPER_FORMAT
+from ams_ros.rate_control import AsrConfig, AtrConfig
+from ams_ros.selection import (
+    FIRST_LAST,
+    FIRST_LAYERS,
+    FULL,
+    GRADIENT_GUIDED,
+    LAST_LAYERS,
+    RANDOM,
+)
+from ams_ros.trainer import TrainerConfig
+
+ABLATIONS = ('selection', 't_update', 'asr', 'patch_codec', 'uplink_codec')
+TABLE3_STRATEGIES = (LAST_LAYERS, FIRST_LAYERS, FIRST_LAST, RANDOM, GRADIENT_GUIDED)
+TABLE3_FRACTIONS = (0.2, 0.1, 0.05, 0.01)
+FIG4_T_UPDATE = (10.0, 20.0, 30.0, 40.0)
+DEFAULT_SCHEMES = ('no_customization', 'one_time', 'ams')
+
+
+@dataclass(frozen=True)
+class Profile:
+    arch: str
+    height: int
+    width: int
+    duration_s: float
+    fps: float
+    eval_fps: float
+    iterations: int
+    batch_size: int
+    phase_time_s: float | None  # None: measured
+    checkpoint: str  # name in ams_ros.pretrain
+
+
+PROFILES = {
+    'quick': Profile('deeplabv3_mbv2_small', 128, 256, 180.0, 1.0, 1.0, 5, 8, 3.0,
+                     'SMALL_CHECKPOINT'),
+    'full': Profile('deeplabv3_mbv2', 256, 512, 600.0, 1.0, 1.0, 20, 8, None,
+                    'FULL_CHECKPOINT'),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One scheme run on every flight: a scheme and the changes to the base context."""
+
+    scheme: object
+    label: str
+    ablation: dict
+    ground: GroundConfig | None = None
+    drone: DroneConfig | None = None
+
+
+# -- the student ------------------------------------------------------------------------------
+
+def default_checkpoint(profile: Profile) -> Path | None:
+    try:
+        from ams_ros import pretrain
+    except ImportError:
+        return None
+    path = Path(getattr(pretrain, profile.checkpoint, ''))
+    return path if path.is_file() else None
+
+
+def load_template(path: str | Path | None, arch: str, size: tuple[int, int], seed: int,
+                  log=print):
+    """Return (StudentTemplate, description): the checkpoint's, or a BN-calibrated fresh one."""
+    from ams_ros.ground_client import StudentTemplate
+
+    if path is not None:
+        from ams_ros.pretrain import load_template as load_checkpoint
+
+        template = load_checkpoint(path)
+        spec = template.input_spec
+        if (spec.height, spec.width) != tuple(size):
+            log(f'note: the checkpoint takes {spec.height}x{spec.width}; evaluating at that size')
+        return template, {'kind': 'checkpoint', 'path': str(path)}
+    log('warning: no pretrained student checkpoint; using a freshly initialised student with '
+        'calibrated BatchNorm statistics (No Customization will be near chance)')
+    model, spec = calibrated_student(arch, size, seed)
+    from ams_ros.world import CLASS_NAMES
+
+    return (StudentTemplate.from_model(model, arch, CLASS_NAMES, spec),
+            {'kind': 'fresh-bn-calibrated', 'arch': arch})
+
+
+def calibrated_student(arch: str, size: tuple[int, int], seed: int, frames: int = 16):
+    """Build a fresh student whose BatchNorm statistics come from a pretraining flight.
+
+    The frames are a stretch of one pretraining flight (seed < 1000): few districts to build.
+    """
+    import torch
+
+    from ams_ros.student import InputSpec, build_student
+    from ams_ros.trainer import frames_to_input
+    from ams_ros.world import NUM_CLASSES, AerialVideo
+
+    torch.manual_seed(seed)
+    spec = InputSpec(*size)
+    model = build_student(arch, NUM_CLASSES)
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # cumulative average over the calibration batches
+    video = AerialVideo(seed % 1000, 600.0)
+    images = [video.render(2.0 * i, *size)[0] for i in range(frames)]
+    model.train()
+    with torch.no_grad():
+        for b in range(0, frames, 8):
+            model(frames_to_input(images[b:b + 8], size, mean, std, False))
+    return model.eval(), spec
+
+
+# -- options -> contexts ----------------------------------------------------------------------
+
+def parse_teacher(spec: str):
+    from ams_ros.teachers import make_teacher
+
+    text = spec.strip()
+    if text.startswith('{'):
+        config = json.loads(text)
+    elif text.endswith('.json') and Path(text).is_file():
+        config = json.loads(Path(text).read_text())
+    elif ':' in text:
+        kind, path = text.split(':', 1)
+        config = {'kind': kind, 'path': path}
+    else:
+        raise ValueError(f'cannot read teacher {spec!r}: give JSON, a .json file or KIND:PATH')
+    return make_teacher(config)
+
+
+def make_sources(args) -> list:
+    if args.video:
+        return [VideoFileSource(args.video, args.labels, args.duration)]
+    return [SyntheticSource(seed, args.duration) for seed in args.seeds]
+
+
+def base_configs(args, profile: Profile) -> tuple[GroundConfig, DroneConfig]:
+    trainer = TrainerConfig(iterations=args.iterations, batch_size=args.batch_size,
+                            fraction=args.fraction, strategy=args.strategy,
+                            horizon_s=args.horizon, learning_rate=args.learning_rate,
+                            device=args.device)
+    ground = GroundConfig(trainer=trainer, patch_format=DEFAULT_FORMAT,
+                          asr=AsrConfig(), atr=AtrConfig(period_min=args.t_update,
+                                                         period_max=max(40.0, args.t_update)))
+    drone = DroneConfig(uplink=CodecSettings(codec='h264', bitrate_kbps=args.uplink_bitrate),
+                        update_period=args.t_update)
+    return ground, drone
+
+
+def make_variants(args, ground: GroundConfig, drone: DroneConfig) -> list[Variant]:
+    variants = []
+    for name in args.schemes:
+        scheme = _scheme(name)
+        variants.append(Variant(scheme, scheme.name, {}))
+    replace = dataclasses.replace
+    for ablation in args.ablation:
+        if ablation == 'selection':
+            full = replace(ground.trainer, strategy=FULL, fraction=1.0)
+            variants.append(Variant(Ams('ams[full]'), 'ams[full]',
+                                    {'kind': 'selection', 'strategy': FULL, 'fraction': 1.0},
+                                    replace(ground, trainer=full)))
+            for strategy in args.strategies:
+                for fraction in args.fractions:
+                    label = f'ams[{strategy},{fraction:g}]'
+                    trainer = replace(ground.trainer, strategy=strategy, fraction=fraction)
+                    variants.append(Variant(Ams(label), label, {
+                        'kind': 'selection', 'strategy': strategy, 'fraction': fraction},
+                        replace(ground, trainer=trainer)))
+        elif ablation == 't_update':
+            for period in args.t_updates:
+                label = f'ams[T_update={period:g}]'
+                atr = replace(ground.atr, period_min=period, period_max=max(period, 40.0))
+                variants.append(Variant(Ams(label), label,
+                                        {'kind': 't_update', 't_update': period},
+                                        replace(ground, atr=atr),
+                                        replace(drone, update_period=period)))
+        elif ablation == 'asr':
+            asr = replace(ground.asr, step_size=0.0, initial_rate=ground.asr.rate_max)
+            variants.append(Variant(Ams('ams[asr=off]'), 'ams[asr=off]',
+                                    {'kind': 'asr', 'asr': False}, replace(ground, asr=asr)))
+        elif ablation == 'patch_codec':
+            for label, fmt in (('paper', PAPER_FORMAT), ('ours', DEFAULT_FORMAT)):
+                name = f'ams[patch={label}]'
+                variants.append(Variant(Ams(name), name, {'kind': 'patch_codec', 'codec': label},
+                                        replace(ground, patch_format=fmt)))
+        elif ablation == 'uplink_codec':
+            for codec in ('h264', 'jpeg'):
+                name = f'ams[uplink={codec}]'
+                variants.append(Variant(Ams(name), name, {'kind': 'uplink_codec', 'codec': codec},
+                                        drone=replace(drone, uplink=replace(drone.uplink,
+                                                                            codec=codec))))
+        else:
+            raise ValueError(f'unknown ablation {ablation!r}; expected one of {ABLATIONS}')
+    return variants
+
+
+def _scheme(name: str):
+    if name in SCHEMES:
+        return SCHEMES[name]()
+    try:
+        from ams_ros.evaluation import baselines
+    except ImportError:
+        baselines = None
+    known = dict(getattr(baselines, 'SCHEMES', {})) if baselines is not None else {}
+    if name in known:
+        return known[name]()
+    raise ValueError(f'unknown scheme {name!r}; known: {sorted(set(SCHEMES) | set(known))}')
+
+
+# -- running ----------------------------------------------------------------------------------
+
+def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
+    """Run every variant on every flight; return the results and the run's metadata."""
+    from tqdm import tqdm
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    profile = PROFILES[args.profile]
+    if args.device == 'auto':
+        import torch
+
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    size = (args.height, args.width)
+    checkpoint = args.student or default_checkpoint(profile)
+    template, student = load_template(checkpoint, args.arch, size, args.seed, log)
+    spec = template.input_spec
+    frame_size = args.frame_size or (spec.height, spec.width)
+    ground, drone = base_configs(args, profile)
+    variants = make_variants(args, ground, drone)
+    sources = make_sources(args)
+    shared_teacher = parse_teacher(args.teacher) if args.teacher else None
+    link = LinkConfig(ChannelConfig(args.uplink_kbps, args.latency, args.loss),
+                      ChannelConfig(args.downlink_kbps, args.latency, args.loss))
+    phase_time = None if args.phase_time == 'measured' else float(args.phase_time)
+    total = sum(s.duration_s for s in sources) * len(variants)
+    results: list[SchemeResult] = []
+    timings = []
+    started = time.perf_counter()
+    with tqdm(total=round(total), unit='sim-s', disable=args.no_progress, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        for source in sources:
+            teacher = shared_teacher or source.default_teacher()
+            if teacher is None:
+                raise ValueError(f'{source.name}: a video file needs --teacher or --labels')
+            cached = CachedSource(source)
+            if shared_teacher is None and isinstance(source, SyntheticSource):
+                teacher = CachedLabelTeacher(cached, teacher)  # the flight's labels are exact
+            for variant in variants:
+                done = [0.0]
+
+                def progress(elapsed, duration, done=done):
+                    step = max(0.0, elapsed - done[0])
+                    done[0] = max(done[0], elapsed)
+                    bar.update(step)
+
+                bar.set_description(f'{source.name} {variant.label}')
+                ctx = EvalContext(
+                    source=cached, teacher=teacher, template=template, fps=args.fps,
+                    eval_stride=max(1, round(args.fps / args.eval_fps)),
+                    frame_size=frame_size,
+                    link=link, ground=variant.ground or ground, drone=variant.drone or drone,
+                    phase_time_s=phase_time, one_time_s=args.one_time, seed=args.seed,
+                    progress=progress)
+                t0 = time.perf_counter()
+                result = variant.scheme.run(ctx)
+                result.extra['ablation'] = variant.ablation
+                result.extra['wall_s'] = time.perf_counter() - t0
+                bar.update(max(0.0, source.duration_s - done[0]))
+                results.append(result)
+                timings.append({'flight': source.name, 'scheme': result.name,
+                                'wall_s': result.extra['wall_s']})
+                log(f'{source.name:>16} {result.name:<24} mIoU {_pct(result.miou):>6} '
+                    f'up {result.uplink_kbps:7.1f} kbps  down {result.downlink_kbps:7.1f} kbps'
+                    f'  ({result.extra["wall_s"]:.0f} s)')
+    meta = {
+        'profile': args.profile, 'argv': args.argv, 'student': student,
+        'input_size': [spec.height, spec.width], 'frame_size': list(frame_size),
+        'class_names': list(template.class_names), 'flights': [s.name for s in sources],
+        'duration_s': [s.duration_s for s in sources], 'fps': args.fps,
+        'eval_fps': args.eval_fps, 'seed': args.seed, 'phase_time_s': phase_time,
+        'link': link.to_dict(), 'trainer': _plain(ground.trainer), 'asr': _plain(ground.asr),
+        'atr': _plain(ground.atr), 'patch_format': _plain(ground.patch_format),
+        'uplink': _plain(drone.uplink), 'one_time_s': args.one_time,
+        'schemes': [v.label for v in variants], 'timings': timings,
+        'wall_s': time.perf_counter() - started, 'device': args.device,
+        'host': platform.node(), 'python': platform.python_version(),
+    }
+    return results, meta
+
+
+def _plain(obj) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
+
+
+def _pct(value: float) -> str:
+    return 'n/a' if value is None or math.isnan(value) else f'{100 * value:.2f}'
+
+
+def summary_rows(results: Sequence[SchemeResult]) -> list[dict]:
+    """Per scheme: mean over flights of mIoU and kbps, and per-flight values."""
+    rows: dict[str, dict] = {}
+    for r in results:
+        row = rows.setdefault(r.name, {'scheme': r.name, 'flights': {}})
+        row['flights'][r.flight] = {'miou': r.miou, 'uplink_kbps': r.uplink_kbps,
+                                    'downlink_kbps': r.downlink_kbps, 'updates': len(r.updates)}
+    for row in rows.values():
+        values = list(row['flights'].values())
+        for key in ('miou', 'uplink_kbps', 'downlink_kbps'):
+            row[key] = float(np.nanmean([v[key] for v in values]))
+    return list(rows.values())
+
+
+def format_table(results: Sequence[SchemeResult]) -> str:
+    """Plain-text table: mIoU (%) and up/down kbps per scheme and flight, then the means."""
+    rows = summary_rows(results)
+    flights = list(dict.fromkeys(r.flight for r in results))
+    lines = [f'{"scheme":<26}' + ''.join(f'{f:>28}' for f in flights) + f'{"mean":>28}',
+             f'{"":<26}' + f'{"mIoU% up/down kbps":>28}' * (len(flights) + 1)]
+    for row in rows:
+        cells = []
+        for flight in flights:
+            v = row['flights'].get(flight)
+            cells.append('' if v is None else _cell(v['miou'], v['uplink_kbps'],
+                                                    v['downlink_kbps']))
+        cells.append(_cell(row['miou'], row['uplink_kbps'], row['downlink_kbps']))
+        lines.append(f'{row["scheme"]:<26}' + ''.join(f'{c:>28}' for c in cells))
+    base = {row['scheme']: row['miou'] for row in rows}
+    for reference in ('no_customization', 'one_time'):
+        if 'ams' in base and reference in base:
+            lines.append(f'AMS gain over {reference}: {100 * (base["ams"] - base[reference]):+.2f}'
+                         ' mIoU points (mean over flights)')
+    return '\n'.join(lines) + '\n'
+
+
+def _cell(miou, up, down) -> str:
+    return f'{_pct(miou)} {up:.1f}/{down:.1f}'
+
+
+def write_outputs(results: list[SchemeResult], meta: dict, out_dir: Path, log=print) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {'meta': meta, 'results': [r.to_dict() for r in results]}
+    (out_dir / 'results.json').write_text(json.dumps(data, indent=1))
+    table = format_table(results)
+    (out_dir / 'table.txt').write_text(table)
+    log(table)
+    try:
+        from ams_ros.evaluation.report import write_report
+    except ImportError:
+        return
+    try:
+        parameters = inspect.signature(write_report).parameters
+        if 'metadata' in parameters:
+            write_report(results, out_dir, metadata=meta)
+        elif 'meta' in parameters:
+            write_report(results, out_dir, meta=meta)
+        else:
+            write_report(results, out_dir)
+    except Exception as exc:  # the JSON and table are written; a plotting failure is reported
+        log(f'warning: the report failed: {type(exc).__name__}: {exc}')
+        log(traceback.format_exc())
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog='ams eval', description=__doc__,
+                                               formatter_class=argparse.RawTextHelpFormatter)
+    profile = parser.add_mutually_exclusive_group()
+    profile.add_argument('--quick', dest='profile', action='store_const', const='quick',
+                         help='CPU profile (default): 128x256, 180-s flights, K=5')
+    profile.add_argument('--full', dest='profile', action='store_const', const='full',
+                         help='GPU profile: 256x512, 600-s flights, K=20, measured phase time')
+    parser.set_defaults(profile='quick')
+    src = parser.add_argument_group('source')
+    src.add_argument('--seeds', type=int, nargs='+', default=[1000, 1001, 1002],
+                     help='synthetic flights (>= 1000 are held out; default 1000 1001 1002)')
+    src.add_argument('--video', help='a video file instead of synthetic flights')
+    src.add_argument('--teacher', help="teacher: JSON config, a .json file, or KIND:PATH "
+                     "(onnx:teacher.onnx, torchscript:teacher.pt); ground truth for --video")
+    src.add_argument('--labels', help='folder of gt_%%06d.png labels (by frame index) for --video')
+    src.add_argument('--duration', type=float, help='flight length, s (profile default)')
+    run = parser.add_argument_group('schemes')
+    run.add_argument('--schemes', nargs='+', default=list(DEFAULT_SCHEMES),
+                     help=f'schemes to run (default: {" ".join(DEFAULT_SCHEMES)})')
+    run.add_argument('--ablation', action='append', default=[], choices=ABLATIONS,
+                     help='add AMS variants (repeatable)')
+    run.add_argument('--strategies', nargs='+', default=list(TABLE3_STRATEGIES),
+                     help='selection ablation strategies')
+    run.add_argument('--fractions', type=float, nargs='+', default=list(TABLE3_FRACTIONS),
+                     help='selection ablation fractions')
+    run.add_argument('--t-updates', type=float, nargs='+', default=list(FIG4_T_UPDATE),
+                     help='t_update ablation periods, s')
+    model = parser.add_argument_group('student and training')
+    model.add_argument('--student', help='student checkpoint (.pt; default: the profile\'s)')
+    model.add_argument('--arch', help='student architecture without a checkpoint')
+    model.add_argument('--size', help='HxW of the student without a checkpoint (profile '
+                       'default)')
+    model.add_argument('--frame-size', help='HxW frames are rendered/decoded at and the '
+                       'teacher labels (default: the student\'s input size)')
+    model.add_argument('--iterations', type=int, help='K per phase (profile default)')
+    model.add_argument('--batch-size', type=int, help='mini-batch size (profile default)')
+    model.add_argument('--fraction', type=float, default=0.05, help='gamma (default 0.05)')
+    model.add_argument('--strategy', default=GRADIENT_GUIDED, help='selection strategy')
+    model.add_argument('--learning-rate', type=float, default=1e-3)
+    model.add_argument('--horizon', type=float, default=240.0, help='T_horizon, s')
+    model.add_argument('--t-update', type=float, default=10.0, help='T_update, s')
+    model.add_argument('--one-time', type=float, default=60.0, help='One-Time window, s')
+    model.add_argument('--device', default='auto', help='training device: auto, cpu, cuda')
+    model.add_argument('--phase-time', help="simulated phase duration, s, or 'measured'")
+    model.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    net = parser.add_argument_group('camera and link')
+    net.add_argument('--fps', type=float, help='simulated camera frame rate')
+    net.add_argument('--eval-fps', type=float, help='evaluated frames per second')
+    net.add_argument('--uplink-bitrate', type=float, default=200.0, help='H.264 kbps cap')
+    net.add_argument('--uplink-kbps', type=float, help='uplink bandwidth (default unlimited)')
+    net.add_argument('--downlink-kbps', type=float, help='downlink bandwidth (default unlimited)')
+    net.add_argument('--latency', type=float, default=0.05, help='one-way latency, s')
+    net.add_argument('--loss', type=float, default=0.0, help='message loss probability')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--out', default='eval_out', help='output folder (default eval_out)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def resolve(args, argv) -> argparse.Namespace:
+    """Fill the profile's defaults into options left unset."""
+    profile = PROFILES[args.profile]
+    args.argv = list(argv)
+    args.arch = args.arch or profile.arch
+    if args.size:
+        args.height, args.width = _size(args.size)
+    else:
+        args.height, args.width = profile.height, profile.width
+    args.frame_size = _size(args.frame_size) if args.frame_size else None
+    args.duration = args.duration or (None if args.video else profile.duration_s)
+    args.iterations = args.iterations or profile.iterations
+    args.batch_size = args.batch_size or profile.batch_size
+    args.fps = args.fps or profile.fps
+    args.eval_fps = min(args.eval_fps or profile.eval_fps, args.fps)
+    if args.phase_time is None:
+        args.phase_time = 'measured' if profile.phase_time_s is None else profile.phase_time_s
+    if args.labels and not args.video:
+        raise SystemExit('--labels needs --video')
+    return args
+
+
+def _size(text: str) -> tuple[int, int]:
+    height, width = (int(v) for v in text.lower().split('x'))
+    return height, width
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = resolve(build_parser().parse_args(argv), argv)
+    return run(args)
+
+
+def run(args) -> int:
+    """Run a parsed (and resolved) `ams eval` command."""
+    results, meta = run_evaluation(args, log=lambda m: print(m, file=sys.stderr))
+    write_outputs(results, meta, Path(args.out), log=print)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

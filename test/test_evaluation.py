@@ -1,0 +1,244 @@
+"""The evaluation harness: the simulated link, the sources, and the schemes on a tiny flight."""
+
+import json
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ams_ros import IGNORE_LABEL
+from ams_ros.drone_agent import DroneConfig
+from ams_ros.evaluation.core import EvalContext, SchemeResult
+from ams_ros.evaluation.link import Channel, ChannelConfig, Link, LinkConfig
+from ams_ros.evaluation.runner import main as eval_main
+from ams_ros.evaluation.schemes import Ams, NoCustomization, OneTime
+from ams_ros.evaluation.sources import (
+    CachedLabelTeacher,
+    CachedSource,
+    LabelFolderTeacher,
+    SyntheticSource,
+    VideoFileSource,
+)
+from ams_ros.frame_codec import CodecSettings
+from ams_ros.ground_client import GroundConfig, StudentTemplate
+from ams_ros.rate_control import AtrConfig
+from ams_ros.student import InputSpec, build_student
+from ams_ros.trainer import TrainerConfig
+from ams_ros.world import CLASS_NAMES
+
+# -- link -------------------------------------------------------------------------------------
+
+
+def test_delivery_is_fifo_serialisation_plus_latency():
+    channel = Channel(ChannelConfig(bandwidth_kbps=8.0, latency_s=0.5))  # 1000 bytes/s
+    assert channel.send(0.0, 'a', 1000) == pytest.approx(1.5)
+    # Sent while 'a' is still on the wire: waits for it, then 0.5 s of its own.
+    assert channel.send(0.2, 'b', 500) == pytest.approx(2.0)
+    assert channel.send(5.0, 'c', 0) == pytest.approx(5.5)
+    assert channel.receive(1.49) == []
+    assert channel.receive(1.5) == [(pytest.approx(1.5), 'a')]
+    assert channel.next_delivery() == pytest.approx(2.0)
+    assert [m for _, m in channel.receive(10.0)] == ['b', 'c']
+    assert channel.bytes_sent == 1500 and channel.messages_sent == 3
+
+
+def test_unlimited_bandwidth_is_latency_only():
+    channel = Channel(ChannelConfig(latency_s=0.1))
+    assert channel.send(3.0, 'x', 10**7) == pytest.approx(3.1)
+    assert channel.send(3.0, 'y', 10**7) == pytest.approx(3.1)
+
+
+def test_loss_is_seeded_and_lost_bytes_still_count():
+    def losses(seed):
+        channel = Channel(ChannelConfig(loss=0.3), seed=seed)
+        delivered = [channel.send(float(i), i, 10) is not None for i in range(1000)]
+        return channel, delivered
+
+    channel, first = losses(7)
+    assert 240 < channel.messages_lost < 360
+    assert channel.bytes_sent == 10_000
+    assert len(channel.receive(1e9)) == 1000 - channel.messages_lost
+    assert losses(7)[1] == first and losses(8)[1] != first
+    link = Link(LinkConfig.symmetric(loss=0.5), seed=3)
+    ups = [link.uplink.send(0, i, 1) is None for i in range(64)]
+    downs = [link.downlink.send(0, i, 1) is None for i in range(64)]
+    assert ups != downs  # each direction draws its own losses
+
+
+def test_bandwidth_trace_spreads_bytes_over_serialisation():
+    channel = Channel(ChannelConfig(bandwidth_kbps=8.0))
+    channel.send(0.5, 'a', 1500)  # on the wire from 0.5 to 2.0
+    channel.send(2.5, 'b', 0)
+    assert channel.trace(0.0, 3.0, 1.0) == pytest.approx([500.0, 1000.0, 0.0])
+    instant = Channel()
+    instant.send(1.2, 'a', 300)
+    assert instant.trace(0.0, 3.0, 1.0) == pytest.approx([0.0, 300.0, 0.0])
+    assert instant.trace(0.0, 1.0, 1.0) == pytest.approx([0.0])
+    assert Link().bandwidth(0.0, 2.0)['uplink'] == [0.0, 0.0]
+
+
+# -- sources ----------------------------------------------------------------------------------
+
+
+def write_video(path, count, fps, height=32, width=48):
+    """Frame i is uniformly grey with value 8 * i, so its index can be read back."""
+    with av.open(str(path), 'w') as container:
+        stream = container.add_stream('libx264', rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+        stream.options = {'crf': '0', 'preset': 'ultrafast'}
+        for i in range(count):
+            frame = np.full((height, width, 3), 8 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_video_file_source_with_label_folder(tmp_path):
+    write_video(tmp_path / 'v.mp4', 30, 10)
+    labels = tmp_path / 'labels'
+    labels.mkdir()
+    for i in range(0, 30, 2):  # odd frames have no label
+        cv2.imwrite(str(labels / f'gt_{i:06d}.png'), np.full((32, 48), i % 6, np.uint8))
+    source = VideoFileSource(tmp_path / 'v.mp4', labels, start_s=100.0)
+    assert source.native_fps == pytest.approx(10) and source.duration_s == pytest.approx(3.0)
+    frames = list(source.frames(2.0, 16, 24))
+    stamps = [s for s, _, _ in frames]
+    assert stamps == pytest.approx([100.0, 100.5, 101.0, 101.5, 102.0, 102.5])
+    for stamp, frame, label in frames:
+        index = source.frame_index(stamp)
+        assert frame.shape == (16, 24, 3)
+        assert abs(int(frame.mean()) - 8 * index) <= 3
+        assert label is None if index % 2 else (label.shape == (16, 24)
+                                                and (label == index % 6).all())
+    teacher = LabelFolderTeacher(source)
+    got = teacher.label(np.zeros((2, 8, 12, 3), np.uint8), [100.4, 100.5])
+    assert (got[0] == 4).all() and (got[1] == IGNORE_LABEL).all()
+    assert isinstance(source.default_teacher(), LabelFolderTeacher)
+    assert VideoFileSource(tmp_path / 'v.mp4', duration_s=1.0).duration_s == 1.0
+
+
+def test_synthetic_source_and_cache():
+    source = CachedSource(SyntheticSource(1000, 4.0))
+    first = list(source.frames(2.0, 16, 32))
+    assert len(first) == 8 and first[0][2].shape == (16, 32)
+    again = list(source.frames(2.0, 16, 32))
+    assert all(a[1] is b[1] for a, b in zip(first, again, strict=True))
+    perfect = source.default_teacher()
+    teacher = CachedLabelTeacher(source, perfect)
+    frames = np.stack([first[1][1], first[2][1]])
+    stamps = [first[1][0], first[1][0] + 0.25]  # the second is off the camera's grid
+    np.testing.assert_array_equal(teacher.label(frames, stamps), perfect.label(frames, stamps))
+    np.testing.assert_array_equal(teacher.label(frames, stamps)[0], first[1][2])
+
+
+# -- schemes ----------------------------------------------------------------------------------
+
+SPEC = InputSpec(32, 64)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_torch_thread():
+    """Train on one thread: these tiny models are overhead-bound, extra threads only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def template():
+    torch.manual_seed(0)
+    model = build_student('deeplabv3_mbv2_small', len(CLASS_NAMES))
+    model.train()
+    with torch.no_grad():  # calibrate BatchNorm a little, as an untrained student would be
+        model(torch.randn(4, 3, *(SPEC.height, SPEC.width)))
+    return StudentTemplate.from_model(model.eval(), 'deeplabv3_mbv2_small', CLASS_NAMES, SPEC)
+
+
+@pytest.fixture(scope='module')
+def flight():
+    return CachedSource(SyntheticSource(1000, 36.0))
+
+
+def context(template, flight, **kw):
+    ground = GroundConfig(trainer=TrainerConfig(iterations=2, batch_size=2, channels_last=False),
+                          atr=AtrConfig(period_min=kw.pop('t_update', 10.0)))
+    defaults = dict(fps=1.0, eval_stride=2, ground=ground, phase_time_s=1.0, seed=0,
+                    link=LinkConfig.symmetric(2000.0, 0.05))
+    defaults.update(kw)
+    return EvalContext(flight, flight.default_teacher(), template, **defaults)
+
+
+@pytest.fixture(scope='module')
+def ams_result(template, flight):
+    return Ams().run(context(template, flight))
+
+
+def test_ams_streams_patches_that_the_drone_applies(ams_result):
+    r = ams_result
+    assert r.name == 'ams' and r.flight == 'synthetic-1000'
+    # Batches close at 10, 20, 30 s; each phase ends 1 s after its batch arrives.
+    assert len(r.updates) == 3 and r.updates == sorted(r.updates)
+    assert all(10.0 < u < 12.0 + 20 for u in r.updates)
+    assert r.extra['final_version'] == 1 + len(r.updates) == r.extra['ground_version']
+    assert r.downlink_bytes > 0 and r.uplink_bytes > 0
+    assert r.extra['downlink_by_kind']['patch'] == r.downlink_bytes
+    assert sum(r.bandwidth['downlink']) == pytest.approx(r.downlink_bytes)
+    assert r.downlink_kbps == pytest.approx(r.downlink_bytes * 8 / 1000 / 36.0)
+    assert len(r.frame_miou) == 18 and 0.0 <= r.miou <= 1.0
+    assert r.sampling[0] == (0.0, 1.0)
+    assert [p['frames'] for p in r.extra['phases']] == [10, 10, 10]
+    assert SchemeResult.from_dict(json.loads(json.dumps(r.to_dict()))).to_dict() == r.to_dict()
+
+
+def test_ams_is_deterministic_given_the_seed(template, flight):
+    # JPEG frames: libx264 itself is not bit-exact run to run on frames this tiny (32x64; a
+    # few percent of encodes differ, even with one thread), which would leak into training.
+    drone = DroneConfig(uplink=CodecSettings(codec='jpeg'))
+    first = Ams().run(context(template, flight, drone=drone)).to_dict()
+    again = Ams().run(context(template, flight, drone=drone)).to_dict()
+    for key in ('frame_miou', 'confusion', 'uplink_bytes', 'downlink_bytes', 'updates',
+                'sampling', 'bandwidth'):
+        assert again[key] == first[key], key
+
+
+def test_no_customization_uses_no_link(template, flight):
+    r = NoCustomization().run(context(template, flight))
+    assert r.uplink_bytes == r.downlink_bytes == 0 and r.updates == []
+    assert sum(r.bandwidth['uplink']) == sum(r.bandwidth['downlink']) == 0
+    assert len(r.frame_miou) == 18 and r.extra['final_version'] == 1
+
+
+def test_one_time_sends_one_whole_model(template, flight):
+    r = OneTime(iterations=2).run(context(template, flight, one_time_s=8.0))
+    assert len(r.updates) == 1 and 8.0 < r.updates[0] < 12.0
+    assert r.extra['frames'] == 8 and r.extra['final_version'] == 2
+    # Every parameter travels (fp16 deltas, compressed): far more than a 5% patch carries.
+    assert r.downlink_bytes > 0.2 * template.manifest.total_size
+
+
+def test_lost_patches_are_recovered_with_a_snapshot(template, flight):
+    link = LinkConfig(ChannelConfig(latency_s=0.05),
+                      ChannelConfig(latency_s=0.05, loss=0.5))
+    r = Ams().run(context(template, flight, link=link, t_update=5.0, seed=1))
+    assert r.extra['downlink_lost'] > 0 and r.extra['patches_held'] > 0
+    assert r.extra['snapshot_requests'] > 0 and r.extra['snapshots_sent'] > 0
+    assert r.extra['downlink_by_kind']['snapshot'] > r.extra['downlink_by_kind']['patch'] / 10
+    # After the last snapshot the drone caught up with the ground again.
+    assert r.extra['final_version'] >= r.extra['ground_version'] - 1
+
+
+def test_runner_writes_results_and_table(tmp_path, capsys):
+    out = tmp_path / 'out'
+    assert eval_main(['--size', '32x64', '--duration', '12', '--seeds', '1000',
+                      '--schemes', 'no_customization', 'ams', '--iterations', '1',
+                      '--batch-size', '2', '--t-update', '5', '--phase-time', '0.5',
+                      '--out', str(out), '--no-progress']) == 0
+    data = json.loads((out / 'results.json').read_text())
+    assert [r['name'] for r in data['results']] == ['no_customization', 'ams']
+    assert data['meta']['flights'] == ['synthetic-1000']
+    assert data['results'][1]['downlink_bytes'] > 0
+    assert 'no_customization' in (out / 'table.txt').read_text()
