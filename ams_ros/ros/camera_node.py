@@ -102,6 +102,7 @@ class VideoSource:
 
     def __init__(self, path: str, height: int, width: int, duration: float):
         self.path, self.height, self.width, self.duration = path, height, width, duration
+        self.fps = None  # the stream's average frame rate, once opened
         self._pending: dict[int, np.ndarray] = {}
 
     def __iter__(self) -> Iterator[SourceFrame]:
@@ -110,6 +111,7 @@ class VideoSource:
         with av.open(self.path) as container:
             stream = container.streams.video[0]
             stream.thread_type = 'AUTO'
+            self.fps = float(stream.average_rate or 0) or None
             first = None
             for index, frame in enumerate(container.decode(stream)):
                 t = float(frame.time if frame.time is not None else index / float(
@@ -147,6 +149,7 @@ class CameraNode(Node):
         # Hold the first frame until this many image subscribers (and, with labels, a labels
         # subscriber) matched; 0: start at once.
         self.wait_for_subscribers = int(p('wait_for_subscribers', 0).value)
+        self.wait_settle = float(p('wait_settle', 1.0).value)  # s after they matched
         qos = qos_from_name(p('qos', 'sensor_data').value, int(p('qos_depth', 0).value))
         labels_qos = qos_from_name(p('labels_qos', 'reliable').value)
         if self.stamp_source not in ('flight', 'clock'):
@@ -157,6 +160,10 @@ class CameraNode(Node):
 
         if self.source_name == 'synthetic':
             self.source = SyntheticSource(seed, duration, self.start_time, self.fps, height, width)
+            if self.loop:
+                self.get_logger().warn('the synthetic flight does not loop (its stamps are its '
+                                       'time): make duration longer instead')
+                self.loop = False
         else:
             self.source = VideoSource(self.source_name, height, width, duration)
             if self.publish_labels:
@@ -168,6 +175,9 @@ class CameraNode(Node):
         self.frames_published = 0
         self.frames_skipped = 0
         self._last_stamp = None
+        self._last_t = 0.0
+        self._loop_offset = 0.0
+        self._waited = False
         self.done = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name='camera', daemon=True)
@@ -188,6 +198,9 @@ class CameraNode(Node):
                 self._play_once()
                 if not self.loop:
                     break
+                # Stamps keep increasing from one pass to the next.
+                self._loop_offset = self._last_t + 1.0 / (getattr(self.source, 'fps', None)
+                                                          or self.fps)
         except Exception as exc:  # noqa: BLE001 - report and end, the node stays up
             self.get_logger().error(f'camera source failed: {type(exc).__name__}: {exc}')
         if self.context.ok():  # not when stopped by a shutdown: no logging then
@@ -202,16 +215,19 @@ class CameraNode(Node):
         for frame in self.source:
             if self._stop.is_set():
                 return
+            frame.t += self._loop_offset
             if wall0 is not None and self.rate > 0:
                 late = time.monotonic() - (wall0 + frame.t / self.rate)
-                if late > 1.0 / (self.fps * self.rate):  # late by a whole frame: skip it
+                period = 1.0 / (getattr(self.source, 'fps', None) or self.fps)
+                if late > period / self.rate:  # late by a whole frame: skip it
                     self.frames_skipped += 1
                     continue
             # Flight stamps are known ahead, so the frame is rendered before its time comes.
             ready = None if self.stamp_source == 'clock' else self._render(frame)
             if wall0 is None:
-                if not self._wait_for_subscribers():
+                if not self._waited and not self._wait_for_subscribers():
                     return
+                self._waited = True
                 wall0 = time.monotonic() - (frame.t / self.rate if self.rate > 0 else 0.0)
             if self.rate > 0:
                 delay = wall0 + frame.t / self.rate - time.monotonic()
@@ -222,6 +238,7 @@ class CameraNode(Node):
                 self.frames_skipped += 1  # sim time stands still (a paused or finished bag)
                 continue
             self._last_stamp = ready[0]
+            self._last_t = frame.t
             self._publish(*ready)
 
     def _wait_for_subscribers(self) -> bool:
@@ -235,7 +252,9 @@ class CameraNode(Node):
                or (self.stamp_source == 'clock' and self.get_clock().now().nanoseconds == 0)):
             if self._stop.wait(0.05):
                 return False
-        return True
+        # Matching is not symmetric: a subscriber may learn of this publisher a moment after
+        # it learned of the subscriber, and best-effort frames sent in between are lost.
+        return not (self.wait_for_subscribers > 0 and self._stop.wait(self.wait_settle))
 
     def _render(self, frame: SourceFrame):
         """Return (stamp msg, rgb, label) of a frame."""
