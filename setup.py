@@ -8,6 +8,8 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(include=['ams_ros', 'ams_ros.*']),
+    # The pretrained generic student (state_dict + metadata) and its drone ONNX export.
+    package_data={'ams_ros': ['data/*.pt', 'data/*.json', 'data/*.onnx']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
