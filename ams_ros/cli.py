@@ -13,8 +13,8 @@ import sys
 COMMANDS = {
     'doctor': ('ams_ros.ros.doctor', 'check that this machine can run the drone and ground nodes'),
     'launch': ('ams_ros.launcher', 'start the drone, ground or demo nodes as processes'),
-    'demo': ('ams_ros.demo', 'run a synthetic flight through camera, drone and ground nodes'),
-    'bag': ('ams_ros.bag', 'record and replay rosbag2 files without a ROS install'),
+    'demo': ('ams_ros.ros.demo', 'run a synthetic flight through camera, drone and ground nodes'),
+    'bag': ('ams_ros.ros.bag', 'record and replay rosbag2 files without a ROS install'),
     'eval': ('ams_ros.evaluation.runner', "reproduce the paper's tables offline"),
     'pretrain': ('ams_ros.pretrain', 'pretrain the generic student on the synthetic world'),
 }

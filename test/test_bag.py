@@ -15,7 +15,7 @@ pytest.importorskip('rosbags')
 from rosbags.highlevel import AnyReader  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
 
-from ams_ros import bag  # noqa: E402
+from ams_ros.ros import bag  # noqa: E402
 from ams_ros.world import AerialVideo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +131,7 @@ def test_play_keeps_timing_stamps_and_publishes_clock(tmp_path, node):
         m.clock.sec * 10**9 + m.clock.nanosec),
         QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
     player = subprocess.Popen(
-        [sys.executable, '-m', 'ams_ros.bag', 'play', str(path), '--rate', '2',
+        [sys.executable, '-m', 'ams_ros.ros.bag', 'play', str(path), '--rate', '2',
          '--wait-for', '/camera/image_raw', '/camera/labels'], env=child_env())
     try:
         assert spin_until(node, lambda: player.poll() is not None, 60.0)
@@ -171,7 +171,7 @@ def test_record_captures_custom_types_and_latched_qos(tmp_path, node):
     pub = node.create_publisher(SamplingControl, '/ams/sampling', latched)
     out = tmp_path / 'traffic'
     recorder = subprocess.Popen(
-        [sys.executable, '-m', 'ams_ros.bag', 'record', str(out), '--topics', '/ams/sampling'],
+        [sys.executable, '-m', 'ams_ros.ros.bag', 'record', str(out), '--topics', '/ams/sampling'],
         env=child_env())
     try:
         assert spin_until(node, lambda: pub.get_subscription_count() > 0, 30.0)

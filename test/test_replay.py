@@ -29,8 +29,8 @@ from rosbags.highlevel import AnyReader  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from ams_msgs.msg import EdgeStatus  # noqa: E402
-from ams_ros import bag  # noqa: E402
 from ams_ros.demo_report import STATUS_FIELDS, DemoMonitor  # noqa: E402
+from ams_ros.ros import bag  # noqa: E402
 from ams_ros.ros.image_conversion import array_to_image, image_to_array, image_to_rgb  # noqa
 from ams_ros.world import CLASS_NAMES  # noqa: E402
 
@@ -149,7 +149,7 @@ def stamp_ns(msg):
 
 
 def play(children, path, *extra):
-    return children.start('player', ['-m', 'ams_ros.bag', 'play', str(path), '--no-clock',
+    return children.start('player', ['-m', 'ams_ros.ros.bag', 'play', str(path), '--no-clock',
                                      *extra])
 
 
@@ -194,7 +194,7 @@ def adapted_run(tmp_path_factory, adaptation_student, ros):
     bag.record_synthetic(flight, seed=ADAPT_SEED, duration=duration, fps=fps, height=height,
                          width=width, start_time=START)
 
-    from ams_ros.demo import _baseline
+    from ams_ros.ros.demo import _baseline
 
     agent, baseline = _baseline(onnx)
     monitor = DemoMonitor(CLASS_NAMES, baseline=baseline)
@@ -212,7 +212,7 @@ def adapted_run(tmp_path_factory, adaptation_student, ros):
     children = Children(folder)
     traffic = folder / 'traffic'
     try:
-        children.start('recorder', ['-m', 'ams_ros.bag', 'record', str(traffic), '--topics',
+        children.start('recorder', ['-m', 'ams_ros.ros.bag', 'record', str(traffic), '--topics',
                                     *TRAFFIC])
         children.node('ams_ground', 'ground_node', {
             'student': str(checkpoint), 'device': 'cpu', 'teacher.kind': 'synthetic',

@@ -271,8 +271,8 @@ def run(args) -> int:
             stop.wait(0.2)
         if args.bag:
             procs.start('bag_player', [
-                sys.executable, '-m', 'ams_ros.bag', 'play', args.bag, '--rate', str(args.rate),
-                '--wait-for', '/' + IMAGE_TOPIC, '--remap',
+                sys.executable, '-m', 'ams_ros.ros.bag', 'play', args.bag,
+                '--rate', str(args.rate), '--wait-for', '/' + IMAGE_TOPIC, '--remap',
                 *[f'/{t}:={_topic(namespace, t)}' for t in (IMAGE_TOPIC, LABELS_TOPIC)]])
         else:
             procs.start_node('camera', {
