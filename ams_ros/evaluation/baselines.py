@@ -77,6 +77,7 @@ from ams_ros.evaluation.schemes import (
     CONTROL_NBYTES,
     SNAPSHOT_REQUEST_NBYTES,
     SnapshotRequest,
+    linked_result,
     new_drone,
     uplink_nbytes,
     wait_active,
@@ -660,9 +661,6 @@ class _JitRun:
         self.counts['frames_sent'] += 1
 
     def _result(self) -> SchemeResult:
-        ctx, link = self.ctx, self.link
-        start = ctx.source.start_s
-        walls = [p['wall_s'] for p in self.phases]
         steps = [p['steps'] for p in self.phases]
         extra = dict(self.counts)
         extra.update(
@@ -670,17 +668,8 @@ class _JitRun:
             iteration_time_s=self.iteration_time, phases=self.phases,
             updates_made=sum(1 for s in steps if s),
             mean_steps=float(np.mean(steps)) if steps else None,
-            threshold_met=sum(1 for p in self.phases if p['met']),
-            final_version=self.drone.version, ground_version=self.ground.mirror.version,
-            mean_phase_wall_s=float(np.mean(walls)) if walls else None,
-            uplink_lost=link.uplink.messages_lost, downlink_lost=link.downlink.messages_lost,
-            uplink_by_kind=link.uplink.bytes_by_kind(),
-            downlink_by_kind=link.downlink.bytes_by_kind())
-        return SchemeResult(
-            self.name, ctx.source.name, ctx.source.duration_s, ctx.class_names,
-            self.scorer.frame_miou, self.scorer.confusion, link.uplink.bytes_sent,
-            link.downlink.bytes_sent, self.updates, self.sampling,
-            link.bandwidth(start, start + ctx.source.duration_s), extra)
+            threshold_met=sum(1 for p in self.phases if p['met']))
+        return linked_result(self, extra)
 
 
 SCHEMES = {scheme.name: scheme for scheme in (RemoteTracking, JustInTime)}

@@ -333,22 +333,31 @@ class _AmsRun:
             self._request_snapshot(now, reason, backoff)
 
     def _result(self) -> SchemeResult:
-        ctx, link = self.ctx, self.link
-        start = ctx.source.start_s
-        walls = [p['wall_s'] for p in self.phases]
         extra = dict(self.counts)
-        extra.update(
-            phases=self.phases, update_periods=[list(p) for p in self.periods],
-            final_version=self.drone.version, ground_version=self.ground.mirror.version,
-            mean_phase_wall_s=float(np.mean(walls)) if walls else None,
-            uplink_lost=link.uplink.messages_lost, downlink_lost=link.downlink.messages_lost,
-            uplink_by_kind=link.uplink.bytes_by_kind(),
-            downlink_by_kind=link.downlink.bytes_by_kind())
-        return SchemeResult(
-            self.name, ctx.source.name, ctx.source.duration_s, ctx.class_names,
-            self.scorer.frame_miou, self.scorer.confusion, link.uplink.bytes_sent,
-            link.downlink.bytes_sent, self.updates, self.sampling,
-            link.bandwidth(start, start + ctx.source.duration_s), extra)
+        extra.update(phases=self.phases, update_periods=[list(p) for p in self.periods])
+        return linked_result(self, extra)
+
+
+def linked_result(run, extra: dict) -> SchemeResult:
+    """Finish the result of a run with a drone and a ground over the link (AMS, JIT).
+
+    `run` has the run's ctx, link, drone, ground, scorer, phases (each with 'wall_s'),
+    updates and sampling; the link's and versions' figures are added to `extra`.
+    """
+    ctx, link = run.ctx, run.link
+    start = ctx.source.start_s
+    walls = [p['wall_s'] for p in run.phases]
+    extra.update(
+        final_version=run.drone.version, ground_version=run.ground.mirror.version,
+        mean_phase_wall_s=float(np.mean(walls)) if walls else None,
+        uplink_lost=link.uplink.messages_lost, downlink_lost=link.downlink.messages_lost,
+        uplink_by_kind=link.uplink.bytes_by_kind(),
+        downlink_by_kind=link.downlink.bytes_by_kind())
+    return SchemeResult(
+        run.name, ctx.source.name, ctx.source.duration_s, ctx.class_names,
+        run.scorer.frame_miou, run.scorer.confusion, link.uplink.bytes_sent,
+        link.downlink.bytes_sent, run.updates, run.sampling,
+        link.bandwidth(start, start + ctx.source.duration_s), extra)
 
 
 SCHEMES = {scheme.name: scheme for scheme in (NoCustomization, OneTime, Ams)}
