@@ -233,12 +233,13 @@ def test_lost_patches_are_recovered_with_a_snapshot(template, flight):
 
 def test_runner_writes_results_and_table(tmp_path, capsys):
     out = tmp_path / 'out'
-    assert eval_main(['--size', '32x64', '--duration', '12', '--seeds', '1000',
-                      '--schemes', 'no_customization', 'ams', '--iterations', '1',
-                      '--batch-size', '2', '--t-update', '5', '--phase-time', '0.5',
-                      '--out', str(out), '--no-progress']) == 0
+    assert eval_main(['--student', 'fresh', '--size', '32x64', '--duration', '12',
+                      '--seeds', '1000', '--schemes', 'no_customization', 'ams',
+                      '--iterations', '1', '--batch-size', '2', '--t-update', '5',
+                      '--phase-time', '0.5', '--out', str(out), '--no-progress']) == 0
     data = json.loads((out / 'results.json').read_text())
     assert [r['name'] for r in data['results']] == ['no_customization', 'ams']
     assert data['meta']['flights'] == ['synthetic-1000']
+    assert data['meta']['student']['kind'] == 'fresh-bn-calibrated'
     assert data['results'][1]['downlink_bytes'] > 0
     assert 'no_customization' in (out / 'table.txt').read_text()

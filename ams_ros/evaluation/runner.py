@@ -282,7 +282,8 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
 
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     size = (args.height, args.width)
-    checkpoint = args.student or default_checkpoint(profile)
+    checkpoint = (None if args.student == 'fresh'
+                  else args.student or default_checkpoint(profile))
     template, student = load_template(checkpoint, args.arch, size, args.seed, log)
     spec = template.input_spec
     frame_size = args.frame_size or (spec.height, spec.width)
@@ -452,7 +453,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     run.add_argument('--t-updates', type=float, nargs='+', default=list(FIG4_T_UPDATE),
                      help='t_update ablation periods, s')
     model = parser.add_argument_group('student and training')
-    model.add_argument('--student', help='student checkpoint (.pt; default: the profile\'s)')
+    model.add_argument('--student', help="student checkpoint (.pt; default: the profile's), or "
+                       "'fresh': an untrained student (BatchNorm calibrated) at --size")
     model.add_argument('--arch', help='student architecture without a checkpoint')
     model.add_argument('--size', help='HxW of the student without a checkpoint (profile '
                        'default)')
