@@ -82,7 +82,7 @@ class PretrainConfig:
     episode_frames: int = 24  # frames rendered per episode (one seed, one stretch of flight)
     episode_s: float = 60.0  # length of that stretch
     pool_size: int = 768  # shuffled frames that batches are drawn from
-    fresh_per_step: int = 3  # pool slots refilled with new frames after each step
+    fresh_per_step: int = 3  # pool slots refilled with new frames after each step (0: fixed)
     augment: bool = True
     device: str = 'cpu'
     workers: int = 0  # render in this many processes (0: in the training process)
@@ -97,8 +97,8 @@ class PretrainConfig:
         if not 0 <= first < stop <= FIRST_HELD_OUT_SEED:
             raise ValueError(f'pretraining seeds must lie in [0, {FIRST_HELD_OUT_SEED}): '
                              f'held-out flights are for evaluation only, got {self.seeds}')
-        if min(self.steps, self.batch_size, self.episode_frames, self.fresh_per_step) < 1:
-            raise ValueError('steps, batch_size, episode_frames, fresh_per_step must be >= 1')
+        if min(self.steps, self.batch_size, self.episode_frames) < 1 or self.fresh_per_step < 0:
+            raise ValueError('steps, batch_size, episode_frames must be >= 1, fresh_per_step >= 0')
         if self.pool_size < self.batch_size:
             raise ValueError('pool_size must be at least batch_size')
 
@@ -252,7 +252,7 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print,
              eval_seeds: Sequence[int] = (), eval_fps: float = 0.2,
              eval_duration_s: float = 300.0, checkpoint: Path | None = None,
              checkpoint_every_s: float = 600.0) -> PretrainResult:
-    """Pretrain a fresh student; evaluate it on `eval_seeds` (held-out flights) at the end.
+    """Pretrain a student (fresh, or from config.init); score it on held-out `eval_seeds`.
 
     With `checkpoint`, the model so far is also saved there every `checkpoint_every_s`.
     """

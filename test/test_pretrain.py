@@ -1,6 +1,7 @@
 """The generic student: pretraining, checkpoints, ONNX export, a gap that specialising closes."""
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from ams_ros.pretrain import (
     SMALL_CHECKPOINT,
+    FramePool,
     PretrainConfig,
     StudentMetadata,
     export_onnx,
@@ -25,8 +27,9 @@ from ams_ros.pretrain import (
 )
 from ams_ros.world import CLASS_NAMES, FIRST_HELD_OUT_SEED
 
-TINY = PretrainConfig(height=32, width=64, steps=30, batch_size=8, learning_rate=5e-3,
-                      warmup_steps=1, pool_size=16, episode_frames=16, fresh_per_step=1,
+# A fixed pool (no fresh frames), so the loss measures learning rather than the frames drawn.
+TINY = PretrainConfig(height=32, width=64, steps=30, batch_size=8, learning_rate=2e-3,
+                      warmup_steps=1, pool_size=16, episode_frames=16, fresh_per_step=0,
                       seeds=(0, 50))
 
 
@@ -49,11 +52,22 @@ def test_tiny_pretraining_learns(tiny):
     _, result = tiny
     losses = result.losses
     assert len(losses) == TINY.steps
-    assert np.mean(losses[-6:]) < 0.85 * np.mean(losses[:6])
+    assert np.mean(losses[-6:]) < 0.9 * np.mean(losses[:6])
     assert result.metadata.pretrain['steps_done'] == TINY.steps
     # Pretraining learns BatchNorm statistics (the on-line fine-tuning later freezes them).
     bn = next(m for m in result.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert int(bn.num_batches_tracked) == TINY.steps
+
+
+def test_the_pool_replaces_frames_with_fresh_ones():
+    stream = ((np.full((2, 4, 3), i, np.uint8), np.full((2, 4), i, np.uint8))
+              for i in itertools.count())
+    pool = FramePool(stream, 6, np.random.default_rng(0))
+    frames, labels = pool.batch(4)
+    assert frames.shape == (4, 2, 4, 3) and len(set(labels[:, 0, 0])) == 4
+    pool.refresh(3)
+    assert sorted(pool.labels[:, 0, 0])[-3:] == [6, 7, 8]
+    assert (pool.frames[:, 0, 0, 0] == pool.labels[:, 0, 0]).all()
 
 
 def test_checkpoint_round_trips(tiny):

@@ -15,7 +15,7 @@ from ams_ros.world.map import DISTRICT_PX, FLIGHT_STREAM, METERS_PER_PX, seeded_
 
 STEP_S = 0.1
 PLAN_PAST_END_S = 10.0  # longer than any smoothing window, so the end is planned like the middle
-BASE_FOOTPRINT_PX = 400  # ground width seen at altitude factor 1: 200 m
+BASE_FOOTPRINT_PX = 300  # ground width seen at altitude factor 1: 150 m
 
 # Segment kinds: duration range (s), speed range (m/s), turn-rate std (rad/s).
 SEGMENTS = {

@@ -86,6 +86,12 @@ KIND_WEIGHTS = (0.3, 0.3, 0.25, 0.15)
 # How many times a district departs from its world's looks (probability of 0, 1, 2 changes):
 # the drift a flight-specialised student has to track as it crosses districts.
 LOOK_CHANGES_P = (0.2, 0.5, 0.3)
+# Land cover whose shape does not give its class away either: in some districts vegetation and
+# water trade shapes (ragged ponds, smooth copses), in some the land is wooded with fields as
+# clearings. A generic student is left guessing between them; one that has seen the flight's
+# looks is not.
+COVER_SHAPE_SWAP_P = 0.5
+WOODLAND_P = 0.35
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,7 @@ class World:
 
 
 # Purposes of the random streams drawn from one seed, so no two uses share a stream.
-STYLE_STREAM, DISTRICT_STREAM, FLIGHT_STREAM = range(3)
+STYLE_STREAM, DISTRICT_STREAM, FLIGHT_STREAM, COVER_STREAM = range(4)
 
 
 def seeded_rng(seed: int, stream: int, *keys: int) -> np.random.Generator:
@@ -199,9 +205,14 @@ def make_district(seed: int, style: tuple[int, ...], ix: int, iy: int) -> Distri
     rng = seeded_rng(seed, DISTRICT_STREAM, ix, iy)
     kind = KINDS[rng.choice(len(KINDS), p=KIND_WEIGHTS)]
     looks = district_looks(style, rng)
-    label = np.full((DISTRICT_PX, DISTRICT_PX), FIELD, np.uint8)
-    label[_threshold(_vegetation_field(rng), kind.vegetation)] = VEGETATION
-    label[_threshold(_water_field(rng), kind.water)] = WATER
+    cover = seeded_rng(seed, COVER_STREAM, ix, iy)
+    shapes = (_vegetation_field, _water_field)
+    if cover.random() < COVER_SHAPE_SWAP_P:
+        shapes = shapes[::-1]
+    ground, patches = (VEGETATION, FIELD) if cover.random() < WOODLAND_P else (FIELD, VEGETATION)
+    label = np.full((DISTRICT_PX, DISTRICT_PX), ground, np.uint8)
+    label[_threshold(shapes[0](rng), kind.vegetation)] = patches
+    label[_threshold(shapes[1](rng), kind.water)] = WATER
     lanes = _draw_roads(label, kind, rng)
     shade = _place_buildings(label, kind, lanes, rng)
     colour = _paint(label, shade, looks, rng)
