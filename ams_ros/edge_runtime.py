@@ -379,4 +379,7 @@ class EdgeRuntime:
             raise ValueError(f'the input size must be fixed, got {image.shape}')
         if 'labels' not in {o.name for o in session.get_outputs()}:
             raise ValueError("the model has no 'labels' output")
+        # One run before going live: a model that cannot run never replaces a working one,
+        # and the first real frame does not pay for the session's lazy allocations.
+        session.run(['labels'], {image.name: np.zeros((1, height, width, 3), np.uint8)})
         return _ActiveModel(session, version, sequence, image.name, height, width)

@@ -10,16 +10,10 @@ The student is a freshly initialised small one at 64x128 (saved as a checkpoint 
 test does not depend on the packaged pretrained weights and trains in seconds.
 """
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('rosbags')
@@ -27,6 +21,7 @@ pytest.importorskip('torch')
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rosbags.highlevel import AnyReader  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from support.processes import Children, spin_until  # noqa: E402
 
 from ams_msgs.msg import EdgeStatus  # noqa: E402
 from ams_ros.demo_report import STATUS_FIELDS, DemoMonitor  # noqa: E402
@@ -34,7 +29,6 @@ from ams_ros.ros import bag  # noqa: E402
 from ams_ros.ros.image_conversion import array_to_image, image_to_array, image_to_rgb  # noqa
 from ams_ros.world import CLASS_NAMES  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 64, 128
 SEED, START = 1004, 500.0
 # Flight 1011 hovers for its first 18 s: the scene the ground trains on is the scene the drone
@@ -43,52 +37,6 @@ ADAPT_SEED, ADAPT_S = 1011, 20.0
 MASK_TOPIC = '/ams_drone/mask'
 TRAFFIC = ['/ams/patch', '/ams/snapshot', '/ams/sampling']
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def child_env():
-    path = os.environ.get('PYTHONPATH', '')
-    return {**os.environ, 'PYTHONPATH': str(REPO) + (os.pathsep + path if path else ''),
-            'OMP_NUM_THREADS': '1'}
-
-
-class Children:
-    """Child processes with their output in log files; all stopped at the end."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.procs = {}
-
-    def start(self, name, args):
-        log = open(self.folder / f'{name}.log', 'w')  # noqa: SIM115 - the child owns it
-        self.procs[name] = subprocess.Popen([sys.executable, *args], stdout=log,
-                                            stderr=subprocess.STDOUT, env=child_env())
-        log.close()
-        return self.procs[name]
-
-    def node(self, name, module, params):
-        path = self.folder / f'{name}.yaml'
-        path.write_text(yaml.safe_dump({name: {'ros__parameters': params}}))
-        return self.start(name, ['-m', f'ams_ros.ros.{module}', '--ros-args',
-                                 '--params-file', str(path)])
-
-    def stop(self, name, timeout=20.0):
-        proc = self.procs.pop(name)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
-    def stop_all(self):
-        for name in list(self.procs):
-            self.stop(name)
-
-    def logs(self):
-        return '\n'.join(f'--- {p.name}\n' + '\n'.join(p.read_text().splitlines()[-20:])
-                         for p in sorted(self.folder.glob('*.log')))
 
 
 @pytest.fixture(scope='module')
@@ -137,13 +85,6 @@ def ros():
     rclpy.try_shutdown()
 
 
-def spin_until(node, condition, timeout):
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return condition()
-
-
 def stamp_ns(msg):
     return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
 
@@ -169,6 +110,8 @@ def test_bag_into_drone_gives_one_mask_per_frame(tmp_path, student, ros):
     children = Children(tmp_path)
     try:
         children.node('ams_drone', 'drone_node', drone_params(onnx))
+        # Masks published before this subscription matched would be lost to it.
+        assert spin_until(ros, lambda: sub.get_publisher_count() >= 1, 60.0), children.logs()
         # The player starts once the drone's camera subscription matched it.
         player = play(children, flight, '--wait-for', '/camera/image_raw')
         assert spin_until(ros, lambda: player.poll() is not None, 60.0), children.logs()
