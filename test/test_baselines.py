@@ -272,7 +272,7 @@ def test_report_writes_files_and_tables_equal_the_inputs(tmp_path, report_inputs
 
 def test_report_accepts_result_dicts(tmp_path, report_inputs):
     dicts = [json.loads(json.dumps(r.to_dict())) for r in report_inputs[:3]]
-    write_report(dicts, tmp_path / 'a', meta={'profile': 'x'})
+    write_report(dicts, tmp_path / 'a', metadata={'profile': 'x'})
     write_report(report_inputs[:3], tmp_path / 'b')
     a = (tmp_path / 'a' / 'tables.md').read_text()
     b = (tmp_path / 'b' / 'tables.md').read_text()

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from ams_ros import IGNORE_LABEL
+from ams_ros.cli import main as ams_main
 from ams_ros.drone_agent import DroneConfig
 from ams_ros.evaluation.core import EvalContext, SchemeResult
 from ams_ros.evaluation.link import Channel, ChannelConfig, Link, LinkConfig
-from ams_ros.evaluation.runner import main as eval_main
 from ams_ros.evaluation.schemes import Ams, NoCustomization, OneTime
 from ams_ros.evaluation.sources import (
     CachedLabelTeacher,
@@ -231,9 +231,9 @@ def test_lost_patches_are_recovered_with_a_snapshot(template, flight):
     assert r.extra['final_version'] >= r.extra['ground_version'] - 1
 
 
-def test_runner_writes_results_and_table(tmp_path, capsys):
+def test_ams_eval_writes_results_and_table(tmp_path, capsys):
     out = tmp_path / 'out'
-    assert eval_main(['--student', 'fresh', '--size', '32x64', '--duration', '12',
+    assert ams_main(['eval', '--student', 'fresh', '--size', '32x64', '--duration', '12',
                       '--seeds', '1000', '--schemes', 'no_customization', 'ams',
                       '--iterations', '1', '--batch-size', '2', '--t-update', '5',
                       '--phase-time', '0.5', '--out', str(out), '--no-progress']) == 0

@@ -605,13 +605,11 @@ def plot_fig4(path: Path, data: dict) -> None:
 # -- the report -------------------------------------------------------------------------------
 
 def write_report(results: Sequence[SchemeResult | dict], out_dir: str | Path,
-                 metadata: dict | None = None, *, meta: dict | None = None) -> dict:
+                 metadata: dict | None = None) -> dict:
     """Write the tables, figures and figures.json into `out_dir`; return what was written.
 
-    `meta` is another name for `metadata` (the runner passes ``meta=``). Returns
-    {'files': [names], 'figures': the figures.json content}.
+    Returns {'files': [names], 'figures': the figures.json content}.
     """
-    metadata = metadata if metadata is not None else meta
     results = [as_result(r) for r in results]
     if not results:
         raise ValueError('no results to report')

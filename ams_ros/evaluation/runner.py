@@ -23,15 +23,13 @@ Ablations (``--ablation``, repeatable) add AMS variants to every flight, named `
 instead of H.264).
 
 Output folder: ``results.json`` ({'meta': ..., 'results': [SchemeResult.to_dict(), ...]}),
-``table.txt``, and whatever ``ams_ros.evaluation.report.write_report(results, out_dir,
-metadata=meta)`` writes when that module is present.
+``table.txt``, and the report (``report.write_report``: tables, PNG plots, ``figures.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import platform
@@ -45,8 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from ams_ros.drone_agent import DroneConfig
+from ams_ros.evaluation.baselines import SCHEMES as BASELINES
 from ams_ros.evaluation.core import EvalContext, SchemeResult
 from ams_ros.evaluation.link import ChannelConfig, LinkConfig
+from ams_ros.evaluation.report import write_report
 from ams_ros.evaluation.schemes import SCHEMES, Ams
 from ams_ros.evaluation.sources import (
     CachedLabelTeacher,
@@ -111,10 +111,8 @@ class Variant:
 # -- the student ------------------------------------------------------------------------------
 
 def default_checkpoint(profile: Profile) -> Path | None:
-    try:
-        from ams_ros import pretrain
-    except ImportError:
-        return None
+    from ams_ros import pretrain
+
     path = Path(getattr(pretrain, profile.checkpoint, ''))
     return path if path.is_file() else None
 
@@ -254,16 +252,10 @@ def make_variants(args, ground: GroundConfig, drone: DroneConfig) -> list[Varian
 
 
 def _scheme(name: str):
-    if name in SCHEMES:
-        return SCHEMES[name]()
-    try:
-        from ams_ros.evaluation import baselines
-    except ImportError:
-        baselines = None
-    known = dict(getattr(baselines, 'SCHEMES', {})) if baselines is not None else {}
+    known = {**SCHEMES, **BASELINES}
     if name in known:
         return known[name]()
-    raise ValueError(f'unknown scheme {name!r}; known: {sorted(set(SCHEMES) | set(known))}')
+    raise ValueError(f'unknown scheme {name!r}; known: {sorted(known)}')
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -335,7 +327,7 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
                     f'up {result.uplink_kbps:7.1f} kbps  down {result.downlink_kbps:7.1f} kbps'
                     f'  ({result.extra["wall_s"]:.0f} s)')
     meta = {
-        'profile': args.profile, 'argv': args.argv, 'student': student,
+        'profile': args.profile, 'command': sys.argv, 'student': student,
         'input_size': [spec.height, spec.width], 'frame_size': list(frame_size),
         'class_names': list(template.class_names), 'flights': [s.name for s in sources],
         'duration_s': [s.duration_s for s in sources], 'fps': args.fps,
@@ -406,17 +398,7 @@ def write_outputs(results: list[SchemeResult], meta: dict, out_dir: Path, log=pr
     (out_dir / 'table.txt').write_text(table)
     log(table)
     try:
-        from ams_ros.evaluation.report import write_report
-    except ImportError:
-        return
-    try:
-        parameters = inspect.signature(write_report).parameters
-        if 'metadata' in parameters:
-            write_report(results, out_dir, metadata=meta)
-        elif 'meta' in parameters:
-            write_report(results, out_dir, meta=meta)
-        else:
-            write_report(results, out_dir)
+        write_report(results, out_dir, metadata=meta)
     except Exception as exc:  # the JSON and table are written; a plotting failure is reported
         log(f'warning: the report failed: {type(exc).__name__}: {exc}')
         log(traceback.format_exc())
@@ -485,10 +467,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def resolve(args, argv) -> argparse.Namespace:
+def resolve(args) -> argparse.Namespace:
     """Fill the profile's defaults into options left unset."""
     profile = PROFILES[args.profile]
-    args.argv = list(argv)
     args.arch = args.arch or profile.arch
     if args.size:
         args.height, args.width = _size(args.size)
@@ -513,13 +494,12 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = resolve(build_parser().parse_args(argv), argv)
-    return run(args)
+    return run(build_parser().parse_args(argv))
 
 
 def run(args) -> int:
-    """Run a parsed (and resolved) `ams eval` command."""
+    """Run a parsed `ams eval` command."""
+    args = resolve(args)
     results, meta = run_evaluation(args, log=lambda m: print(m, file=sys.stderr))
     write_outputs(results, meta, Path(args.out), log=print)
     return 0
