@@ -38,9 +38,9 @@ accuracy), as JITNet measures it; it is computed with the ground's float weights
 rounds them to the patch format, as AMS's patches do). The learning rate defaults to 1e-3:
 JITNet's 0.01 with momentum 0.9 drove our fresh student (BatchNorm frozen) to non-finite weights
 within a few updates; a step that does so drops its update (``updates_diverged``). A patch the
-drone cannot apply makes it ask for a snapshot, as in AMS (again after SNAPSHOT_RETRY_S if none
-came). A camera slower than 1 / min_stride_s (the quick profile's 1 fps) cannot sample that
-fast: use ``--fps 4`` or more (30 for exactly 266 ms). ``SchemeResult.sampling`` records the
+drone cannot apply makes it ask for a snapshot, as in AMS (``SnapshotRequester``). A camera
+slower than 1 / min_stride_s (the quick profile's 1 fps) cannot sample that fast: use
+``--fps 4`` or more (30 for exactly 266 ms). ``SchemeResult.sampling`` records the
 rate the drone really samples at: a whole number of camera frames per stride.
 
 Simulated ground time (``ctx.phase_time_s`` fixed): one *frame-iteration* takes
@@ -75,8 +75,8 @@ from ams_ros.evaluation.core import EvalContext, FrameScorer, SchemeResult
 from ams_ros.evaluation.link import Link
 from ams_ros.evaluation.schemes import (
     CONTROL_NBYTES,
-    SNAPSHOT_REQUEST_NBYTES,
     SnapshotRequest,
+    SnapshotRequester,
     linked_result,
     new_drone,
     uplink_nbytes,
@@ -100,7 +100,6 @@ from ams_ros.trainer import (
 REMOTE_TRACKING = 'remote_tracking'
 JUST_IN_TIME = 'just_in_time'
 ACCURACY_METRICS = ('miou', 'pixel')
-SNAPSHOT_RETRY_S = 2.0  # ask again if no snapshot came this long after asking
 
 
 # -- optical-flow tracking --------------------------------------------------------------------
@@ -469,9 +468,9 @@ class _JitRun:
         self.seq = 0
         self.updates: list[float] = []
         self.sampling = [(ctx.source.start_s, self._effective_rate(self.drone_stride))]
-        self.snapshot_requested: float | None = None  # when the pending request went up
+        self.requester = SnapshotRequester(self.link, ctx.source.name)
         self.counts = {'frames_sent': 0, 'frames_skipped': 0, 'frames_refused': 0,
-                       'patches_sent': 0, 'snapshots_sent': 0, 'snapshot_requests': 0,
+                       'patches_sent': 0, 'snapshots_sent': 0,
                        'patches_refused': 0, 'updates_diverged': 0}
 
     def run(self) -> SchemeResult:
@@ -480,6 +479,7 @@ class _JitRun:
             for _, stamp, frame, label, evaluated in ctx.frames():
                 self._ground_until(stamp)
                 self._drone_receive(stamp)
+                self.requester.poll(stamp)
                 if evaluated:
                     if label is not None or ctx.teacher is not None:
                         truth = self.scorer.truth(stamp, frame, label)
@@ -625,7 +625,8 @@ class _JitRun:
             before = drone.version
             if isinstance(message, SnapshotPayload):
                 outcome = drone.load_snapshot(message)
-                self.snapshot_requested = None
+                if outcome.kind == APPLIED:
+                    self.requester.answered()
             elif isinstance(message, PatchPayload):
                 outcome = drone.offer_patch(message)
             else:
@@ -635,13 +636,7 @@ class _JitRun:
                 self.updates.append(delivered)
             elif outcome.needs_snapshot:
                 self.counts['patches_refused'] += 1
-                if (self.snapshot_requested is None
-                        or delivered - self.snapshot_requested > SNAPSHOT_RETRY_S):
-                    self.snapshot_requested = delivered  # again if request or answer was lost
-                    self.counts['snapshot_requests'] += 1
-                    self.link.uplink.send(delivered, SnapshotRequest(drone.config.client_id,
-                                                                     outcome.reason),
-                                          SNAPSHOT_REQUEST_NBYTES, 'snapshot_request')
+                self.requester.want(delivered, outcome.reason)
 
     def _effective_rate(self, stride: float) -> float:
         """Return the frames/s a stride gives at the camera's rate (whole camera frames)."""
@@ -662,7 +657,7 @@ class _JitRun:
 
     def _result(self) -> SchemeResult:
         steps = [p['steps'] for p in self.phases]
-        extra = dict(self.counts)
+        extra = dict(self.counts, snapshot_requests=self.requester.sent)
         extra.update(
             config=dataclasses.asdict(self.config), accuracy_metric=self.config.accuracy,
             iteration_time_s=self.iteration_time, phases=self.phases,

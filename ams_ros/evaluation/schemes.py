@@ -74,6 +74,40 @@ class SnapshotRequest:
     reason: str
 
 
+class SnapshotRequester:
+    """The drone node's snapshot requests on simulated time.
+
+    Ask at once; until a snapshot is applied, ask again after REQUEST_RETRY_S, doubling up to
+    MAX_REQUEST_RETRY_S (the request or the snapshot may have been lost).
+    """
+
+    def __init__(self, link: Link, client_id: str):
+        self.link = link
+        self.client_id = client_id
+        self.pending: tuple[float, float, str] | None = None  # (due, next backoff, reason)
+        self.sent = 0
+
+    def want(self, now: float, reason: str) -> None:
+        """Ask for a snapshot unless a request is already pending."""
+        if self.pending is None:
+            self._send(now, reason, REQUEST_RETRY_S)
+
+    def poll(self, now: float) -> None:
+        """Repeat an unanswered request that is due."""
+        if self.pending is not None and now >= self.pending[0]:
+            _, backoff, reason = self.pending
+            self._send(now, reason, backoff)
+
+    def answered(self) -> None:
+        self.pending = None
+
+    def _send(self, now: float, reason: str, backoff: float) -> None:
+        self.pending = (now + backoff, min(2 * backoff, MAX_REQUEST_RETRY_S), reason)
+        self.sent += 1
+        self.link.uplink.send(now, SnapshotRequest(self.client_id, reason),
+                              SNAPSHOT_REQUEST_NBYTES, 'snapshot_request')
+
+
 def new_drone(ctx: EvalContext, **overrides) -> DroneAgent:
     """Return a DroneAgent running the template's student (version 1), ready to infer."""
     config = dataclasses.replace(ctx.drone, **overrides) if overrides else ctx.drone
@@ -222,9 +256,9 @@ class _AmsRun:
         self.sampling = [(ctx.source.start_s, self.rate)]
         self.periods = [(ctx.source.start_s, self.period)]
         self.phases: list[dict] = []
-        self.snapshot_request: tuple[float, float, str] | None = None  # (due, backoff, reason)
+        self.requester = SnapshotRequester(self.link, ctx.source.name)
         self.counts = {'batches_sent': 0, 'frames_sent': 0, 'batches_refused': 0,
-                       'snapshots_sent': 0, 'snapshot_requests': 0, 'patches_refused': 0,
+                       'snapshots_sent': 0, 'patches_refused': 0,
                        'patches_held': 0}
         self.sent_decision = (self.rate, self.period)
 
@@ -234,7 +268,7 @@ class _AmsRun:
             for _, stamp, frame, label, evaluated in ctx.frames():
                 self._ground_until(stamp)
                 self._drone_receive(stamp)
-                self._retry_request(stamp)
+                self.requester.poll(stamp)
                 if evaluated:
                     evaluate_frame(self.scorer, self.drone, stamp, frame, label)
                 batch = self.drone.sample(stamp, frame)
@@ -303,7 +337,7 @@ class _AmsRun:
             if isinstance(message, SnapshotPayload):
                 outcome = drone.load_snapshot(message)
                 if outcome.kind == APPLIED:
-                    self.snapshot_request = None
+                    self.requester.answered()
             elif isinstance(message, PatchPayload):
                 outcome = drone.offer_patch(message)
             else:
@@ -316,24 +350,10 @@ class _AmsRun:
                 # the mirror at once rather than wait for the held patches to fill up.
                 self.counts['patches_refused' if outcome.needs_snapshot
                             else 'patches_held'] += 1
-                if self.snapshot_request is None:
-                    self._request_snapshot(delivered, outcome.reason or outcome.kind,
-                                           REQUEST_RETRY_S)
-
-    def _request_snapshot(self, now: float, reason: str, backoff: float) -> None:
-        self.snapshot_request = (now + backoff, min(2 * backoff, MAX_REQUEST_RETRY_S), reason)
-        self.counts['snapshot_requests'] += 1
-        self.link.uplink.send(now, SnapshotRequest(self.drone.config.client_id, reason),
-                              SNAPSHOT_REQUEST_NBYTES, 'snapshot_request')
-
-    def _retry_request(self, now: float) -> None:
-        """Repeat an unanswered snapshot request (the request or the snapshot was lost)."""
-        if self.snapshot_request is not None and now >= self.snapshot_request[0]:
-            _, backoff, reason = self.snapshot_request
-            self._request_snapshot(now, reason, backoff)
+                self.requester.want(delivered, outcome.reason or outcome.kind)
 
     def _result(self) -> SchemeResult:
-        extra = dict(self.counts)
+        extra = dict(self.counts, snapshot_requests=self.requester.sent)
         extra.update(phases=self.phases, update_periods=[list(p) for p in self.periods])
         return linked_result(self, extra)
 
