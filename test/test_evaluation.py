@@ -11,8 +11,10 @@ import torch
 from ams_ros import IGNORE_LABEL
 from ams_ros.cli import main as ams_main
 from ams_ros.drone_agent import DroneConfig
+from ams_ros.evaluation.baselines import JustInTime
 from ams_ros.evaluation.core import EvalContext, SchemeResult
 from ams_ros.evaluation.link import Channel, ChannelConfig, Link, LinkConfig
+from ams_ros.evaluation.runner import PROFILES, base_configs, build_parser, make_variants, resolve
 from ams_ros.evaluation.schemes import Ams, NoCustomization, OneTime
 from ams_ros.evaluation.sources import (
     CachedLabelTeacher,
@@ -243,3 +245,18 @@ def test_ams_eval_writes_results_and_table(tmp_path, capsys):
     assert data['meta']['student']['kind'] == 'fresh-bn-calibrated'
     assert data['results'][1]['downlink_bytes'] > 0
     assert 'no_customization' in (out / 'table.txt').read_text()
+
+
+def test_ablations_add_the_variants_of_figure_4():
+    args = resolve(build_parser().parse_args(
+        ['--schemes', 'ams', '--ablation', 't_update', '--t-updates', '20', '30',
+         '--ablation', 'jit_threshold', '--jit-thresholds', '0.5', '0.8']))
+    ground, drone = base_configs(args, PROFILES[args.profile])
+    variants = make_variants(args, ground, drone)
+    assert [v.label for v in variants] == [
+        'ams', 'ams[T_update=20]', 'ams[T_update=30]', 'just_in_time[threshold=0.5]',
+        'just_in_time[threshold=0.8]']
+    assert [v.drone.update_period for v in variants[1:3]] == [20.0, 30.0]
+    jit = variants[3:]
+    assert all(isinstance(v.scheme, JustInTime) for v in jit)
+    assert [v.scheme.settings for v in jit] == [{'threshold': 0.5}, {'threshold': 0.8}]

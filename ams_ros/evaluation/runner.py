@@ -16,9 +16,10 @@ file (``--video``) with either a teacher (``--teacher``: a make_teacher config a
 .json file, or ``onnx:PATH`` / ``torchscript:PATH``) whose labels are the ground truth, or a
 folder of precomputed ``gt_%06d.png`` labels (``--labels``), which also serve as the teacher.
 
-Ablations (``--ablation``, repeatable) add AMS variants to every flight, named ``ams[...]``:
+Ablations (``--ablation``, repeatable) add variants to every flight, named ``scheme[...]``:
 ``selection`` (Table 3: strategy x fraction, plus full-model training as the reference),
-``t_update`` (Figure 4: T_update 10-40 s), ``asr`` (sampling rate fixed at r_max),
+``t_update`` (Figure 4: T_update 10-40 s), ``jit_threshold`` (Figure 4's other curve:
+Just-In-Time at several accuracy thresholds), ``asr`` (sampling rate fixed at r_max),
 ``patch_codec`` (the paper's gzip/fp16 format against ours), ``uplink_codec`` (JPEG frames
 instead of H.264).
 
@@ -44,6 +45,7 @@ import numpy as np
 
 from ams_ros.drone_agent import DroneConfig
 from ams_ros.evaluation.baselines import SCHEMES as BASELINES
+from ams_ros.evaluation.baselines import JustInTime
 from ams_ros.evaluation.core import EvalContext, SchemeResult
 from ams_ros.evaluation.link import ChannelConfig, LinkConfig
 from ams_ros.evaluation.report import write_report
@@ -68,10 +70,11 @@ from ams_ros.selection import (
 )
 from ams_ros.trainer import TrainerConfig
 
-ABLATIONS = ('selection', 't_update', 'asr', 'patch_codec', 'uplink_codec')
+ABLATIONS = ('selection', 't_update', 'jit_threshold', 'asr', 'patch_codec', 'uplink_codec')
 TABLE3_STRATEGIES = (LAST_LAYERS, FIRST_LAYERS, FIRST_LAST, RANDOM, GRADIENT_GUIDED)
 TABLE3_FRACTIONS = (0.2, 0.1, 0.05, 0.01)
 FIG4_T_UPDATE = (10.0, 20.0, 30.0, 40.0)
+FIG4_JIT_THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
 DEFAULT_SCHEMES = ('no_customization', 'one_time', 'ams')
 
 
@@ -90,7 +93,7 @@ class Profile:
 
 
 PROFILES = {
-    'quick': Profile('deeplabv3_mbv2_small', 128, 256, 180.0, 1.0, 1.0, 5, 8, 3.0,
+    'quick': Profile('deeplabv3_mbv2_small', 128, 256, 180.0, 1.0, 1.0, 20, 8, 3.0,
                      'SMALL_CHECKPOINT'),
     'full': Profile('deeplabv3_mbv2', 256, 512, 600.0, 1.0, 1.0, 20, 8, None,
                     'FULL_CHECKPOINT'),
@@ -231,6 +234,11 @@ def make_variants(args, ground: GroundConfig, drone: DroneConfig) -> list[Varian
                                         {'kind': 't_update', 't_update': period},
                                         replace(ground, atr=atr),
                                         replace(drone, update_period=period)))
+        elif ablation == 'jit_threshold':
+            for threshold in args.jit_thresholds:
+                label = f'just_in_time[threshold={threshold:g}]'
+                variants.append(Variant(JustInTime(label, threshold=threshold), label,
+                                        {'kind': 'jit_threshold', 'threshold': threshold}))
         elif ablation == 'asr':
             asr = replace(ground.asr, step_size=0.0, initial_rate=ground.asr.rate_max)
             variants.append(Variant(Ams('ams[asr=off]'), 'ams[asr=off]',
@@ -411,7 +419,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                                                formatter_class=argparse.RawTextHelpFormatter)
     profile = parser.add_mutually_exclusive_group()
     profile.add_argument('--quick', dest='profile', action='store_const', const='quick',
-                         help='CPU profile (default): 128x256, 180-s flights, K=5')
+                         help='CPU profile (default): 128x256, 180-s flights, K=20')
     profile.add_argument('--full', dest='profile', action='store_const', const='full',
                          help='GPU profile: 256x512, 600-s flights, K=20, measured phase time')
     parser.set_defaults(profile='quick')
@@ -434,6 +442,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                      help='selection ablation fractions')
     run.add_argument('--t-updates', type=float, nargs='+', default=list(FIG4_T_UPDATE),
                      help='t_update ablation periods, s')
+    run.add_argument('--jit-thresholds', type=float, nargs='+',
+                     default=list(FIG4_JIT_THRESHOLDS),
+                     help='jit_threshold ablation: Just-In-Time accuracy thresholds')
     model = parser.add_argument_group('student and training')
     model.add_argument('--student', help="student checkpoint (.pt; default: the profile's), or "
                        "'fresh': an untrained student (BatchNorm calibrated) at --size")
