@@ -134,13 +134,18 @@ class DroneAgent:
         self.sampler.set_update_period(update_period)
 
     def sample(self, stamp: float, frame_rgb: np.ndarray) -> UplinkBatch | None:
-        """Offer a frame to the sampler; return an encoded batch once T_update is buffered."""
+        """Offer a frame to the sampler; return an encoded batch once T_update is buffered.
+
+        Also when the uplink size changed (a model of another input size): the frames buffered
+        at the old size go first, as a batch of that size.
+        """
         height, width = self._uplink_size(frame_rgb)
         if frame_rgb.shape[:2] != (height, width):
             frame_rgb = resize_frame(frame_rgb, height, width)
         batch = self.sampler.add(stamp, frame_rgb)
         if batch is None or len(batch.frames) == 0:
             return None
+        height, width = batch.frames[0].shape[:2]
         data = encode_frames(batch.frames, self.config.uplink, frame_rate=batch.rate)
         self._seq += 1
         return UplinkBatch(self.config.client_id, self._seq, self.config.uplink.codec, width,

@@ -27,6 +27,11 @@ Stamps going backwards. A frame up to `reorder_tolerance_s` older than the newes
 dropped (late delivery). A larger jump back means the clock restarted (bag loop, sim-time reset):
 the open window's samples are discarded, since their stamps belong to the old timeline and would
 lie in the future of the new one, and sampling restarts from that frame as from the first.
+
+Frame size changes. A batch holds frames of one size (an H.264 stream has one). A frame taken
+at another size than the buffered samples first emits them as a batch of their own, cut short
+(counted in `size_flushes`); the window goes on, and its remaining samples follow at the new
+size when it closes.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class FrameSampler:
             raise ValueError(f'reorder_tolerance_s must be >= 0, got {reorder_tolerance_s}')
         self.reorder_tolerance_s = float(reorder_tolerance_s)
         self.resets = 0  # times the clock jumped back and sampling restarted
+        self.size_flushes = 0  # batches emitted early because the frame size changed
         self._restart()
 
     def _restart(self) -> None:
@@ -96,6 +102,7 @@ class FrameSampler:
     def add(self, stamp: float, frame: np.ndarray) -> SampleBatch | None:
         """Offer one camera frame; return a batch when this frame closes a window with samples.
 
+        A frame taken at another size than the buffered samples returns them too (see above).
         Only sampled frames are copied, so offering every camera frame is cheap.
         """
         stamp = float(stamp)
@@ -112,6 +119,10 @@ class FrameSampler:
         batch = self._close_window(stamp, half_interval)
         period = 1.0 / self._rate
         if self._next_due is None or stamp >= self._next_due - min(half_interval, period / 2):
+            if self._frames and np.shape(frame) != self._frames[0].shape:
+                # batch is None here: a window that closed has no samples left to mix with.
+                self.size_flushes += 1
+                batch = self._emit()
             self._take(stamp, frame)
         return batch
 

@@ -133,6 +133,7 @@ class EdgeModelState:
         self._key = key
         self._version: int | None = None
         self._vector: np.ndarray | None = None
+        self._digest: bytes | None = None   # of the active vector, as verified
         self._pending: dict[int, PatchPayload] = {}   # by base_version
         self._counts: Counter[tuple[str, str]] = Counter()
 
@@ -144,6 +145,11 @@ class EdgeModelState:
     def vector(self) -> np.ndarray | None:
         """The active vector (read-only), or None before the first snapshot."""
         return self._vector
+
+    @property
+    def digest(self) -> bytes | None:
+        """SHA-256 of the active vector (the one its snapshot or patch carried and matched)."""
+        return self._digest
 
     @property
     def counts(self) -> dict[tuple[str, str], int]:
@@ -187,7 +193,7 @@ class EdgeModelState:
         candidate = _owned_vector(flat)
         if _as_bytes(digest) != vector_digest(candidate):
             return self._event(NEEDS_SNAPSHOT, 'digest-mismatch')
-        self._version, self._vector = int(version), candidate
+        self._version, self._vector, self._digest = int(version), candidate, _as_bytes(digest)
         if model_id is not None:
             self.model_id = model_id
         self._pending = {b: p for b, p in self._pending.items() if p.version > version}
@@ -223,6 +229,7 @@ class EdgeModelState:
             return 'digest-mismatch'
         candidate.flags.writeable = False
         self._version, self._vector = patch.version, candidate
+        self._digest = _as_bytes(patch.digest)
         return ''
 
     def _hold(self, patch: PatchPayload) -> bool:

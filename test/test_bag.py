@@ -1,6 +1,5 @@
 """`ams bag`: synthetic flights written as standard rosbag2 files, played and recorded over DDS."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,14 +17,8 @@ from rosbags.rosbag2 import Reader  # noqa: E402
 from ams_ros.ros import bag  # noqa: E402
 from ams_ros.world import AerialVideo  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SEED, FPS, DURATION, START = 1003, 5.0, 2.0, 1000.0
 FRAMES = int(DURATION * FPS) + 1
-
-
-def child_env():
-    path = os.environ.get('PYTHONPATH', '')
-    return {**os.environ, 'PYTHONPATH': str(REPO) + (os.pathsep + path if path else '')}
 
 
 def read_images(path):
@@ -96,6 +89,7 @@ from rclpy.qos import (  # noqa: E402
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from support.processes import child_env, spin_until  # noqa: E402
 
 
 @pytest.fixture
@@ -105,13 +99,6 @@ def node():
     yield n
     n.destroy_node()
     rclpy.try_shutdown()
-
-
-def spin_until(node, condition, timeout):
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return condition()
 
 
 def test_play_keeps_timing_stamps_and_publishes_clock(tmp_path, node):

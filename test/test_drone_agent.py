@@ -111,3 +111,21 @@ def test_a_corrupt_snapshot_is_never_run(template):
     assert drone.runtime is None and drone.version == 0
     assert drone.snapshot_rejections == {'digest-mismatch': 1}
     assert open_snapshot(snapshot).vector.size == template.manifest.total_size
+
+
+def test_frames_of_a_new_uplink_size_go_in_a_batch_of_their_own():
+    # Without a model frames go up at the camera's size, so a new camera size is a new uplink
+    # size (with a model, a snapshot of another input size changes it).
+    drone = DroneAgent(DroneConfig(client_id='d1', sampling_rate=1.0, update_period=4.0,
+                                   uplink=CodecSettings(codec='h264', bitrate_kbps=400,
+                                                        preset='ultrafast')))
+    scene = [frame for _, frame in camera(5, np.random.default_rng(2))]  # 64x128
+    batches = [drone.sample(t, scene[t][:32, :64] if t < 3 else scene[t]) for t in range(5)]
+    assert batches[:3] == [None] * 3
+    # The first 64x128 frame sends the 32x64 samples early; the window's end (t=4) the rest.
+    expected = [((32, 64), (0.0, 1.0, 2.0)), ((64, 128), (3.0,))]
+    for batch, (size, stamps) in zip(batches[3:], expected, strict=True):
+        assert (batch.height, batch.width, batch.stamps) == (*size, stamps)
+        frames = decode_frames(batch.data, batch.codec, batch.width, batch.height, len(stamps))
+        assert [frame.shape[:2] for frame in frames] == [size] * len(stamps)
+    assert drone.sampler.size_flushes == 1

@@ -140,3 +140,27 @@ def test_invalid_rate_and_period_are_refused(bad):
         FrameSampler().set_update_period(bad)
     with pytest.raises(ValueError, match='rate'):
         FrameSampler().set_rate(bad)
+
+
+def test_a_frame_of_another_size_first_emits_the_buffered_samples():
+    sampler = FrameSampler(rate=1.0, update_period=10.0)
+    small, large = np.zeros((4, 6, 3), np.uint8), np.ones((8, 12, 3), np.uint8)
+    assert feed(sampler, [0.0, 1.0, 2.0]) == []
+    assert sampler.add(2.5, large) is None  # not due: not taken, the buffer is untouched
+    early = sampler.add(3.0, large)
+    assert early.stamps == (0.0, 1.0, 2.0)
+    assert {frame.shape for frame in early.frames} == {small.shape}
+    assert sampler.size_flushes == 1
+    batches = [sampler.add(t, large) for t in range(4, 11)]
+    # The window [0, 10) still closes on schedule, with the samples taken at the new size.
+    assert batches[:-1] == [None] * 6 and batches[-1].stamps == tuple(range(3, 10))
+    assert {frame.shape for frame in batches[-1].frames} == {large.shape}
+    assert sampler.size_flushes == 1
+
+
+def test_a_size_change_on_the_frame_that_closes_a_window_flushes_nothing():
+    sampler = FrameSampler(rate=1.0, update_period=10.0)
+    feed(sampler, range(10))
+    batch = sampler.add(10.0, np.ones((8, 12, 3), np.uint8))
+    assert len(batch.frames) == 10 and sampler.size_flushes == 0
+    assert sampler.flush().frames[0].shape == (8, 12, 3)

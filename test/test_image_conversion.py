@@ -69,6 +69,18 @@ def test_bad_images_are_rejected_with_reason(msg, reason):
     assert msg.encoding in str(err.value) or reason != 'unsupported-encoding'
 
 
+def test_images_over_the_pixel_limit_are_refused():
+    image = array_to_image(CASES['rgb8'], 'rgb8')  # 7x5
+    assert image_to_rgb(image, max_pixels=35).shape == (5, 7, 3)
+    with pytest.raises(ImageConversionError, match='7x5, more than 34 pixels') as err:
+        image_to_rgb(image, max_pixels=34)
+    assert err.value.reason == 'too-large'
+    # Judged on the declared size, before the data: a huge header costs nothing to refuse.
+    huge = Image(height=100_000, width=100_000, encoding='rgb8', step=300_000, data=bytes(3))
+    with pytest.raises(ImageConversionError, match='too-large'):
+        image_to_array(huge, max_pixels=16_000_000)
+
+
 def test_rgb_of_16_bit_image_is_refused():
     with pytest.raises(ImageConversionError, match='8-bit'):
         image_to_rgb(array_to_image(CASES['mono16'], 'mono16'))

@@ -166,6 +166,7 @@ BAD_DRONE = [
     ('uplink.bitrate_kbps', 0.0, 'uplink.bitrate_kbps'),
     ('uplink.height', 64, 'uplink.height and uplink.width'),
     ('model_path', '/nonexistent/model.onnx', 'model_path'),
+    ('max_image_pixels', 0, 'max_image_pixels'),
 ]
 
 

@@ -51,7 +51,7 @@ def test_edge_stays_bit_identical_to_the_ground_mirror(mode):
         assert outcome.kind == APPLIED and outcome.applied_versions == (patch.version,)
         assert edge.version == ground.version
         assert edge.vector.tobytes() == ground.vector.tobytes()
-        assert vector_digest(edge.vector) == ground.digest == patch.digest
+        assert vector_digest(edge.vector) == ground.digest == patch.digest == edge.digest
     assert edge.counts == {('snapshot', ''): 1, (APPLIED, ''): 20}
 
 
@@ -114,6 +114,7 @@ def test_digest_mismatch_needs_a_snapshot_and_keeps_the_active_vector():
     outcome = edge.offer(dataclasses.replace(patch, digest=bytes(32)))
     assert (outcome.kind, outcome.reason) == (NEEDS_SNAPSHOT, 'digest-mismatch')
     assert edge.version == 7 and edge.vector is active
+    assert edge.digest == vector_digest(active)
     assert edge.counts[(NEEDS_SNAPSHOT, 'digest-mismatch')] == 1
 
 
@@ -191,6 +192,7 @@ def test_a_snapshot_is_verified_and_replaces_the_model():
         'snapshot-format'
     outcome = edge.load_snapshot(10, ground.vector.copy(), ground.digest, model_id='new-model')
     assert outcome.applied_versions == (10,) and edge.pending_versions == ()
+    assert edge.digest == ground.digest
     assert edge.model_id == 'new-model'
     assert edge.offer(held).reason == 'model-id'
 

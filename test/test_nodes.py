@@ -26,6 +26,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 import ams_msgs.msg as M  # noqa: E402
 from ams_ros.auth import check_tag  # noqa: E402
 from ams_ros.drone_agent import UplinkBatch  # noqa: E402
+from ams_ros.frame_codec import decode_frames  # noqa: E402
 from ams_ros.ground_client import GroundClient, GroundConfig, StudentTemplate  # noqa: E402
 from ams_ros.ros import conversions as conv  # noqa: E402
 from ams_ros.ros.ground_node import drone_namespace, stable_shard  # noqa: E402
@@ -44,6 +45,7 @@ WRAPPER = ('import importlib, sys, threading, rclpy; '
            'daemon=True).start(); '
            'sys.exit(importlib.import_module(sys.argv[1]).main(sys.argv[1:]))')
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+T1_MAX_PIXELS = 10_000  # drone t1's max_image_pixels: its 48x96 and 64x128 frames pass
 
 
 @functools.cache
@@ -168,7 +170,7 @@ def system(template, tmp_path_factory):
             trainer__batch_size=2, trainer__channels_last=False, atr__period_min=2.0,
             asr__interval=2.0, auth_key_file=key)),
         't1': start('ams_ros.ros.drone_node', tmp_path, 't1', '-r', '__ns:=/t1', *params(
-            model_path=model, status_period=0.5)),
+            model_path=model, status_period=0.5, max_image_pixels=T1_MAX_PIXELS)),
         't2': start('ams_ros.ros.drone_node', tmp_path, 't2', '-r', '__ns:=/t2', *params(
             status_period=0.5, uplink__preset='ultrafast', uplink__bitrate_kbps=400.0,
             auth_key_file=key)),
@@ -260,6 +262,54 @@ def test_drone_publishes_a_mask_per_frame_and_survives_bad_images(system):
     assert 'refused' in drone_diagnostics(diagnostics, 't1')['last_error']
     # Still running: a good frame still gets its mask.
     assert publish_until_masked(node, camera, masks, camera_frame(3.0))
+    assert processes['t1'].poll() is None
+
+
+def test_drone_refuses_huge_images_and_follows_a_resolution_change(system):
+    node, processes = system
+    masks, diagnostics, uplink = [], [], []
+    node.create_subscription(Image, '/t1/ams_drone/mask', masks.append, RELIABLE)
+    node.create_subscription(M.FrameBatch, '/t1/ams/frames', uplink.append, RELIABLE)
+    node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+    camera = node.create_publisher(Image, '/t1/camera/image_raw', qos_profile_sensor_data)
+    assert spin_until(node, lambda: camera.get_subscription_count() > 0
+                      and node.count_publishers('/t1/ams_drone/mask') > 0, 30), \
+        logs(processes)
+
+    def count(key):
+        return int((drone_diagnostics(diagnostics, 't1') or {}).get(key, 0))
+
+    # A frame over max_image_pixels is refused with its own reason, and nothing else happens.
+    huge = camera_frame(10.0, size=(120, 160))
+    assert spin_until(node, lambda: count('bad_images.too-large') or camera.publish(huge), 20), \
+        logs(processes)
+    assert drone_diagnostics(diagnostics, 't1')['last_error'] == (
+        f'camera image refused (too-large: image is 160x120, more than {T1_MAX_PIXELS} pixels)')
+    assert not any(m.header.stamp == huge.header.stamp for m in masks)
+
+    # The camera switches from 48x96 to 64x128 mid-stream: masks follow, the change is counted
+    # once, and the uplink batch spanning the change (window [11, 21) at 1 frame/s) goes out
+    # at one size, the model's. (The uplink keeps only the newest frame while it encodes, so
+    # which frames of the window it samples varies; the first, 11, always opens it.)
+    changes = count('camera_size_changes')
+    for t in range(11, 22):
+        frame = camera_frame(float(t), (48, 96) if t < 13 else (64, 128))
+        assert publish_until_masked(node, camera, masks, frame), logs(processes)
+        mask = next(m for m in masks if m.header.stamp == frame.header.stamp)
+        assert (mask.height, mask.width) == (frame.height, frame.width)
+    assert spin_until(node, lambda: count('camera_size_changes') == changes + 1, 10)
+
+    def spanning_batch():
+        return next((b for b in map(conv.batch_from_msg, uplink) if b.stamps[0] == 11.0), None)
+
+    assert spin_until(node, spanning_batch, 20), logs(processes)
+    batch = spanning_batch()
+    assert batch.stamps[-1] >= 13.0  # frames from both camera sizes
+    assert (batch.height, batch.width) == (SPEC.height, SPEC.width)
+    frames = decode_frames(batch.data, batch.codec, batch.width, batch.height, len(batch.stamps))
+    assert len(frames) == len(batch.stamps)
+    assert count('camera_size_changes') == changes + 1
+    assert count('uplink_errors') == 0 and count('frame_errors') == 0
     assert processes['t1'].poll() is None
 
 

@@ -88,6 +88,9 @@ PARAMETERS = (
     Param('camera_qos', 'sensor_data', 'camera subscription QoS (depth 1): sensor_data and '
           'best_effort match any camera; reliable only matches reliable publishers',
           choices=CAMERA_QOS),
+    Param('max_image_pixels', 4096 * 4096, 'camera images with more pixels (width x height) are '
+          'refused, counted as bad_images.too-large (default 4096 x 4096: 4K and 12 MP cameras '
+          'pass)', low=1, high=2**32),
     Param('model_path', '', 'exported student ONNX (with the ams metadata) to start from; empty: '
           "wait for the ground's snapshot"),
     Param('model_version', 1, 'version of the model in model_path (the ground starts every drone '
@@ -205,6 +208,8 @@ class DroneNode(Node):
             update_period=p['update_period'])
         self.agent = DroneAgent(config, key)
         self._mask_resolution = p['mask_resolution']
+        self._max_image_pixels = p['max_image_pixels']
+        self._camera_size: tuple[int, int] | None = None  # (height, width) of the last frame
         self._publish_colour = p['publish_color_mask']
         self._colours = colour_table()
 
@@ -330,12 +335,12 @@ class DroneNode(Node):
             self._error(f'patch {payload.base_version}->{payload.version}: {outcome.kind} '
                         f'({outcome.reason})', None)
         if outcome.needs_snapshot:
-            self._want_snapshot(outcome.reason)
+            self._want_snapshot(outcome.reason, at_once=True)
         elif outcome.kind == OUT_OF_ORDER:
             # Patches arrive in order over one reliable publisher, so a gap means lost patches
             # or a stale model (e.g. an old latched snapshot after a restart): ask now rather
             # than after max_pending_patches update periods.
-            self._want_snapshot('gap')
+            self._want_snapshot('gap', at_once=True)
 
     @guarded
     def _on_snapshot(self, msg) -> None:
@@ -385,9 +390,14 @@ class DroneNode(Node):
         self._pending_request = ''
         self._request_backoff = read(self, 'snapshot_request_interval')
 
-    def _want_snapshot(self, reason: str) -> None:
-        """Ask for a snapshot now, then again with a growing interval until one is applied."""
-        if not self._pending_request:
+    def _want_snapshot(self, reason: str, at_once: bool = False) -> None:
+        """Ask for a snapshot now, then again with a growing interval until one is applied.
+
+        A pending request waits out its back-off unless `at_once`: a patch that just came
+        shows the downlink works again, so a snapshot may get through now (one request per
+        patch at most, so per update period).
+        """
+        if at_once or not self._pending_request:
             self._next_request = 0.0
         self._pending_request = reason
         self._retry_request()
@@ -429,10 +439,18 @@ class DroneNode(Node):
 
     def _process(self, msg) -> None:
         try:
-            rgb = image_to_rgb(msg)
+            rgb = image_to_rgb(msg, self._max_image_pixels)
         except ImageConversionError as e:
             self._error(f'camera image refused ({e})', f'bad_images.{e.reason}')
             return
+        if rgb.shape[:2] != self._camera_size:
+            if self._camera_size is not None:
+                # Masks follow the new size; the uplink resizes frames to its own fixed size.
+                self._count('camera_size_changes')
+                self.get_logger().info(
+                    f'camera resolution changed: {self._camera_size[1]}x{self._camera_size[0]}'
+                    f' -> {rgb.shape[1]}x{rgb.shape[0]}', throttle_duration_sec=2.0)
+            self._camera_size = rgb.shape[:2]
         stamp = conv.stamp_to_seconds(msg.header.stamp)
         if stamp == 0.0:  # an unstamped camera: sample on receive time instead
             self._count('unstamped_frames')
@@ -515,10 +533,16 @@ class DroneNode(Node):
             patches_applied=counts.get('patches_applied', 0),
             patches_rejected=counts.get('patches_rejected', 0), last_error=self.last_error))
         level, message = self._health(status, period)
+        # Patch-apply latency (submit to active) of the swaps the runtime keeps, newest last.
+        swaps = runtime.swap_history if runtime is not None else []
+        swap_ms = [1e3 * r.submit_to_active_s for r in swaps]
         values = {
             'client_id': self.client_id, 'model_id': self.agent.model_id,
             'active_version': status.active_version if status else 0,
-            'verified_version': self.agent.version, 'fps': fps,
+            'verified_version': self.agent.version,
+            # What the ground's mirror of this version must hash to (the mirror invariant).
+            'verified_digest': (self.agent.state.digest or b'').hex(),
+            'fps': fps,
             'latency_p50_ms': latency.p50_ms if latency else float('nan'),
             'latency_p99_ms': latency.p99_ms if latency else float('nan'),
             'providers': ','.join(status.providers) if status else '',
@@ -528,6 +552,10 @@ class DroneNode(Node):
             **{f'patch.{k}': v for k, v in sorted(self.patch_outcomes.items())},
             **{f'snapshot.{k}': v for k, v in sorted(self.snapshot_outcomes.items())},
             'swaps_failed': status.counters.swaps_failed if status else 0,
+            'swap_version': swaps[-1].version if swaps else 0,
+            'swap_ms_last': swap_ms[-1] if swaps else float('nan'),
+            'swap_ms_p50': float(np.percentile(swap_ms, 50)) if swaps else float('nan'),
+            'swap_ms_p99': float(np.percentile(swap_ms, 99)) if swaps else float('nan'),
             'last_error': self.last_error,
         }
         self.diagnostics_pub.publish(conv.diagnostic_array(

@@ -20,7 +20,9 @@ without talking to each other.
 
 A drone is added on first contact. The ground then publishes its sampling control and the
 drone's current model as a snapshot (version 1, the template), unless the drone's own status
-already shows that model id at that version (it started from the same file).
+already shows that model id at that version (it started from the same file). A drone whose
+status shows it restarted (its frame count went back) is sent the mirror's snapshot at once:
+it runs its file again and would only notice at the next patch.
 
 Threads. DDS callbacks only convert and queue; one worker decodes frame batches, runs the
 teacher, trains (one phase at a time, drones scheduled by ``scheduler.policy``) and answers
@@ -140,6 +142,9 @@ PARAMETERS = (
     Param('trainer.momentum', 0.0, 'sgd only', low=0.0, high=1.0),
     Param('trainer.horizon_s', 240.0, 'T_horizon: training samples frames of this many seconds',
           above=0.0),
+    Param('trainer.recent_share', 0.5, 'share of each mini-batch drawn from the frames that '
+          'arrived since the previous phase (0: uniform over T_horizon, as the paper)',
+          low=0.0, high=1.0),
     Param('trainer.channels_last', True, 'NHWC activations (about 2x faster on CPU)'),
     # Downlink.
     Param('patch.value_mode', DEFAULT_FORMAT.value_mode, 'precision of patch values: fp16 (the '
@@ -261,7 +266,7 @@ def ground_config(p: dict, device: str) -> GroundConfig:
         learning_rate=p['trainer.learning_rate'], fraction=p['trainer.fraction'],
         strategy=p['trainer.strategy'], horizon_s=p['trainer.horizon_s'],
         optimizer=p['trainer.optimizer'], momentum=p['trainer.momentum'], device=device,
-        channels_last=p['trainer.channels_last'])
+        recent_share=p['trainer.recent_share'], channels_last=p['trainer.channels_last'])
     patch_format = dataclasses.replace(DEFAULT_FORMAT, value_mode=p['patch.value_mode'],
                                        zstd_level=p['patch.zstd_level'])
     asr = AsrConfig(phi_target=p['asr.phi_target'], step_size=p['asr.step_size'],
@@ -301,6 +306,7 @@ class _ClientStats:
     update_period: float = float('nan')
     drone_version: int | None = None  # from its EdgeStatus
     drone_fps: float = float('nan')
+    drone_frames: int = 0  # frames_received in its EdgeStatus: less means a new process
     errors: Counter = field(default_factory=Counter)
 
 
@@ -459,6 +465,10 @@ class GroundNode(Node):
             self._submit(('contact', namespace, msg.client_id, (msg.model_id,
                                                                 int(msg.active_version))))
             return
+        if msg.frames_received < stats.drone_frames:
+            self.get_logger().info(f"'{msg.client_id}' restarted: sending its model")
+            self._submit(('snapshot', namespace, msg.client_id, 'restarted'))
+        stats.drone_frames = int(msg.frames_received)
         stats.drone_version = int(msg.active_version)
         stats.drone_fps = float(msg.inference_fps)
 

@@ -37,8 +37,11 @@ class ImageConversionError(ValueError):
         self.reason = reason
 
 
-def image_to_array(msg) -> np.ndarray:
-    """Return the pixels of a sensor_msgs/Image as an (H, W) or (H, W, C) array (a copy)."""
+def image_to_array(msg, max_pixels: int | None = None) -> np.ndarray:
+    """Return the pixels of a sensor_msgs/Image as an (H, W) or (H, W, C) array (a copy).
+
+    An image of more than max_pixels pixels (when given) is refused before any pixel is copied.
+    """
     fmt = PIXEL_FORMATS.get(msg.encoding) if isinstance(msg.encoding, str) else None
     if fmt is None:
         raise ImageConversionError(
@@ -51,6 +54,9 @@ def image_to_array(msg) -> np.ndarray:
     height, width, step = (int(n) for n in sizes)
     if height == 0 or width == 0:
         raise ImageConversionError('empty', f'image is {width}x{height}')
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageConversionError(
+            'too-large', f'image is {width}x{height}, more than {max_pixels} pixels')
     row_bytes = width * fmt.channels * fmt.dtype.itemsize
     if step < row_bytes:
         raise ImageConversionError(
@@ -69,9 +75,9 @@ def image_to_array(msg) -> np.ndarray:
     return pixels.reshape(shape).copy()
 
 
-def image_to_rgb(msg) -> np.ndarray:
+def image_to_rgb(msg, max_pixels: int | None = None) -> np.ndarray:
     """Return an (H, W, 3) uint8 RGB array for any 8-bit colour or mono encoding."""
-    pixels = image_to_array(msg)
+    pixels = image_to_array(msg, max_pixels)
     encoding = msg.encoding
     if pixels.dtype != np.uint8:
         raise ImageConversionError('unsupported-encoding', f"'{encoding}' is not an 8-bit image")
