@@ -3,11 +3,12 @@
 Profiles (every option can still be given on its own):
 
 - ``--quick`` (the default; a CPU machine): the small student at 128x256, 180-s flights, a
-  1 fps camera scored on every frame, K = 5 iterations of batch 8, T_update 10 s, and each
-  ground phase assumed to take 3 s (a 2-core CPU's wall time says nothing about a ground GPU
-  and varies with whatever else runs). Three held-out flights with the three default schemes
-  took 13 CPU-minutes here (2 torch threads): under 10 minutes of wall time on an otherwise
-  idle 2-core machine, longer on a shared one.
+  1 fps camera scored on every frame, K = 20 iterations of batch 8 (the paper's; K = 5 lost to
+  No Customization: too few steps per phase to generalise past the frames it trains on),
+  T_update 10 s, and each ground phase assumed to take 3 s (a 2-core CPU's wall time says
+  nothing about a ground GPU and varies with whatever else runs). Three held-out flights with
+  the three default schemes took 9.8 CPU-minutes here (``--threads 1``): under 10 minutes of
+  wall time on an otherwise idle 2-core machine, longer on a shared one.
 - ``--full`` (a GPU): the full student at 256x512, 600-s flights, K = 20 (the paper's), phases
   taking their measured wall time, training on CUDA where available.
 

@@ -145,7 +145,7 @@ def _baseline(model_path: Path, threads: int = 1):
     return agent, lambda rgb: agent.infer(rgb, resize_to_input=True)
 
 
-def _student_files(checkpoint: Path, folder: Path) -> tuple[Path, Path]:
+def student_files(checkpoint: Path, folder: Path) -> tuple[Path, Path]:
     """Return (checkpoint .pt, drone ONNX): the ONNX beside it, else exported into folder."""
     if not checkpoint.is_file():
         raise SystemExit(f'no pretrained student at {checkpoint}: make one with\n'
@@ -203,6 +203,39 @@ class MonitorNode:
         self.node.destroy_node()
 
 
+def start_ground_and_drone(procs: Processes, checkpoint: Path, onnx_path: Path, seed: int,
+                           start_time: float, flight_s: float, params: dict) -> None:
+    """Start the ground (CPU settings, the flight's perfect teacher) and the drone (the student).
+
+    params: extra parameters per node ('ground', 'drone'), applied last.
+    """
+    procs.start_node('ground', {
+        'student': str(checkpoint.resolve()), 'teacher.kind': 'synthetic',
+        'teacher.seed': seed, 'teacher.start_s': float(start_time),
+        'teacher.duration_s': float(flight_s), **params['ground']},
+        'ground_cpu.yaml', None)
+    procs.start_node('drone', {'model_path': str(onnx_path.resolve()), 'ort.threads': 1,
+                               **params['drone']}, 'drone.yaml', procs.namespace)
+
+
+def wait_until_listening(monitor_node: MonitorNode, procs: Processes, stop: threading.Event,
+                         cameras: int, timeout: float) -> str | None:
+    """Wait until frames may flow; return why they may not, or None.
+
+    That is once the ground listens to the drone's batches (it finds the drone through its
+    status) and `cameras` subscribers (the drone, the monitor's baseline) listen to the camera.
+    """
+    deadline = time.monotonic() + timeout
+    while not (monitor_node.subscribers(FRAMES_TOPIC) >= 1
+               and monitor_node.subscribers(IMAGE_TOPIC) >= cameras):
+        if stop.is_set():
+            return 'interrupted'
+        if procs.exited() or time.monotonic() > deadline:
+            return 'the drone or the ground did not start'
+        stop.wait(0.2)
+    return None
+
+
 def run(args) -> int:
     """Run a parsed `ams demo` command line."""
     import rclpy
@@ -219,7 +252,7 @@ def run(args) -> int:
               for node in ('ground', 'drone', 'camera')}
     folder = Path(args.report or f'ams_demo_{datetime.now():%Y%m%d-%H%M%S}')
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint, onnx_path = _student_files(Path(args.checkpoint or SMALL_CHECKPOINT), folder)
+    checkpoint, onnx_path = student_files(Path(args.checkpoint or SMALL_CHECKPOINT), folder)
     namespace = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
 
     seed, start_time, duration = args.seed, args.start_time, args.duration
@@ -251,24 +284,12 @@ def run(args) -> int:
             agent, baseline = _baseline(onnx_path)
         monitor = DemoMonitor(CLASS_NAMES, baseline=baseline, window_s=args.window)
         monitor_node = MonitorNode(monitor, namespace, with_images=baseline is not None)
-        procs.start_node('ground', {
-            'student': str(checkpoint.resolve()), 'teacher.kind': 'synthetic',
-            'teacher.seed': seed, 'teacher.start_s': float(start_time),
-            'teacher.duration_s': float(flight_s), **params['ground']},
-            'ground_cpu.yaml', None)
-        procs.start_node('drone', {'model_path': str(onnx_path.resolve()), 'ort.threads': 1,
-                                   **params['drone']}, 'drone.yaml', namespace)
+        start_ground_and_drone(procs, checkpoint, onnx_path, seed, start_time, flight_s, params)
         print('starting the ground and the drone ...', flush=True)
-        # Frames may flow once the ground listens to the drone's batches (it finds the drone
-        # through its status) and the drone (and the monitor) listen to the camera.
-        deadline = time.monotonic() + args.startup_timeout
         cameras = 1 + (baseline is not None)
-        while not (monitor_node.subscribers(FRAMES_TOPIC) >= 1
-                   and monitor_node.subscribers(IMAGE_TOPIC) >= cameras):
-            if stop.is_set() or procs.exited() or time.monotonic() > deadline:
-                return _failed(procs, 'interrupted' if stop.is_set() else
-                               'the drone or the ground did not start')
-            stop.wait(0.2)
+        why = wait_until_listening(monitor_node, procs, stop, cameras, args.startup_timeout)
+        if why:
+            return _failed(procs, why)
         if args.bag:
             procs.start('bag_player', [
                 sys.executable, '-m', 'ams_ros.ros.bag', 'play', args.bag,
