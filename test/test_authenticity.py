@@ -22,6 +22,7 @@ rclpy = pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from support.processes import spin_until  # noqa: E402
 from support.rogue_publisher import VERSION_JUMP, attacks  # noqa: E402
 from test_nodes import (  # noqa: E402
     ARCH,
@@ -34,8 +35,8 @@ from test_nodes import (  # noqa: E402
     logs,
     params,
     publish_until_masked,
-    spin_until,
     start,
+    stop_all,
     template,  # noqa: F401 - a fixture
 )
 
@@ -128,14 +129,7 @@ def keyed_pair(tmp_path_factory):
     yield node, processes
     node.destroy_node()
     rclpy.shutdown()
-    for process in processes.values():
-        process.stdin.close()
-    for process in processes.values():
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_all(processes)
 
 
 def test_a_rogue_publisher_cannot_make_the_drone_run_its_model(keyed_pair):

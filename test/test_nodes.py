@@ -22,6 +22,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from support.processes import spin_until  # noqa: E402
 
 import ams_msgs.msg as M  # noqa: E402
 from ams_ros.auth import check_tag  # noqa: E402
@@ -180,6 +181,11 @@ def system(template, tmp_path_factory):
     yield node, processes
     node.destroy_node()
     rclpy.shutdown()
+    stop_all(processes)
+
+
+def stop_all(processes):
+    """Close every child's stdin (it exits on EOF); kill those still running after 15 s."""
     for process in processes.values():
         process.stdin.close()
     for process in processes.values():
@@ -193,15 +199,6 @@ def system(template, tmp_path_factory):
 def logs(processes):
     return '\n'.join(f'--- {name} ---\n{p.log_path.read_text()[-3000:]}'
                      for name, p in processes.items())
-
-
-def spin_until(node, predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return predicate()
 
 
 def camera_frame(t, size=(48, 96)):
