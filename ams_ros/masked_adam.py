@@ -49,6 +49,11 @@ class MaskedAdam:
         torch.div(self.m, self._denominator, out=self.update).mul_(scale)
         apply_masked(self.weights, self.update, indices)
 
+    @property
+    def gradient_average(self) -> torch.Tensor:
+        """The running average of the gradient: the first moment m."""
+        return self.m
+
 
 class MaskedSGD:
     """SGD (heavy-ball momentum when momentum > 0) with a parameter mask.
@@ -75,6 +80,11 @@ class MaskedSGD:
         self.steps += 1
         torch.mul(self.velocity, self.lr, out=self.update)
         apply_masked(self.weights, self.update, indices)
+
+    @property
+    def gradient_average(self) -> torch.Tensor:
+        """The running (momentum) sum of the gradient."""
+        return self.velocity
 
 
 def apply_masked(weights: torch.Tensor, update: torch.Tensor, indices: torch.Tensor) -> None:

@@ -13,6 +13,11 @@ import numpy as np
 DEFAULT_FRACTION = 0.05
 
 GRADIENT_GUIDED = 'gradient_guided'  # top |u_{n-1}| (Algorithm 2, line 1); random at first
+# Beyond the paper: top |m_{n-1}|, the optimiser's running average of the gradient; random at
+# first. |u| = |m| / sqrt(v) measures how steady a gradient's sign is and sits near its ceiling
+# for many parameters, so its top 5% is close to a random pick; |m| ranks by how much the loss
+# depends on the parameter.
+GRADIENT_MAGNITUDE = 'gradient_magnitude'
 RANDOM = 'random'  # uniformly at random, fresh every phase
 FIRST_LAYERS = 'first_layers'
 LAST_LAYERS = 'last_layers'
@@ -20,8 +25,8 @@ FIRST_LAST = 'first_last'  # half from each end
 FULL = 'full'  # every parameter: full-model training
 GAUSS_SOUTHWELL = 'gauss_southwell'  # top |gradient| at the start of the phase
 
-STRATEGIES = (GRADIENT_GUIDED, RANDOM, FIRST_LAYERS, LAST_LAYERS, FIRST_LAST, FULL,
-              GAUSS_SOUTHWELL)
+STRATEGIES = (GRADIENT_GUIDED, GRADIENT_MAGNITUDE, RANDOM, FIRST_LAYERS, LAST_LAYERS, FIRST_LAST,
+              FULL, GAUSS_SOUTHWELL)
 
 
 def selection_size(total: int, fraction: float) -> int:
@@ -64,12 +69,13 @@ def select_indices(strategy: str, total: int, fraction: float = DEFAULT_FRACTION
                    gradient: np.ndarray | None = None) -> np.ndarray:
     """Sorted int64 indices of the parameters to train in this phase.
 
-    `previous_update` is u_{n-1} (None before the first phase); `gradient` is the full gradient
+    `previous_update` is what the previous phase ranks by (None before the first phase): u_{n-1}
+    for 'gradient_guided', m_{n-1} for 'gradient_magnitude'. `gradient` is the full gradient
     at the start of the phase, needed by 'gauss_southwell' only. `rng` is needed whenever the
-    choice is random: 'random', and 'gradient_guided' in its first phase.
+    choice is random: 'random', and the two gradient strategies in their first phase.
     """
     count = selection_size(total, fraction)
-    if strategy == GRADIENT_GUIDED:
+    if strategy in (GRADIENT_GUIDED, GRADIENT_MAGNITUDE):
         if previous_update is None:
             return uniform_random(total, count, _need(rng, 'rng'))
         return top_magnitude(_sized(previous_update, total), count)

@@ -28,6 +28,7 @@ from ams_ros.selection import (
     DEFAULT_FRACTION,
     GAUSS_SOUTHWELL,
     GRADIENT_GUIDED,
+    GRADIENT_MAGNITUDE,
     STRATEGIES,
     select_indices,
 )
@@ -49,10 +50,9 @@ class TrainerConfig:
     strategy: str = GRADIENT_GUIDED
     horizon_s: float = DEFAULT_HORIZON_S  # T_horizon: sampling window; the buffer's own
     # horizon bounds what it keeps, so it should be at least this long.
-    # Share of each mini-batch drawn from the newest frames (those since the previous phase);
-    # the rest is uniform over the horizon. 0 is the paper's uniform sampling. The newest frames
-    # are the nearest to what the drone sees next (see README: beyond the paper).
-    recent_share: float = 0.5
+    # Beyond the paper: share of each mini-batch drawn from the newest frames (those since the
+    # previous phase), the rest uniform over the horizon; 0 is the paper's uniform sampling.
+    recent_share: float = 0.0
     optimizer: str = 'adam'  # 'sgd' for Just-In-Time (momentum 0.9) and Gauss-Southwell
     momentum: float = 0.0  # SGD only
     device: str = 'cpu'
@@ -126,7 +126,7 @@ class Trainer:
         if config.strategy != GAUSS_SOUTHWELL:
             indices = self._to_device(select_indices(
                 config.strategy, total, config.fraction, self.rng,
-                previous_update=self._previous_update()))
+                previous_update=self._ranking_signal()))
         losses = []
         for _ in range(config.iterations):
             batch = buffer.sample(config.batch_size, self.rng, now, config.horizon_s,
@@ -145,8 +145,13 @@ class Trainer:
             mean_loss=float(torch.stack(losses).mean()), iterations=config.iterations,
             seconds=time.perf_counter() - start)
 
-    def _previous_update(self) -> np.ndarray | None:
-        return self.optimizer.update.cpu().numpy() if self.optimizer.steps else None
+    def _ranking_signal(self) -> np.ndarray | None:
+        """Return what the gradient strategies rank to pick the next phase's parameters."""
+        if not self.optimizer.steps:
+            return None
+        signal = (self.optimizer.gradient_average if self.config.strategy == GRADIENT_MAGNITUDE
+                  else self.optimizer.update)
+        return signal.cpu().numpy()
 
     def _to_device(self, indices: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(indices).to(self.device)

@@ -110,6 +110,19 @@ def test_gradient_guided_phases_rank_the_previous_update():
     np.testing.assert_array_equal(second.indices, top)
 
 
+def test_gradient_magnitude_phases_rank_the_first_moment():
+    trainer = make_trainer(strategy='gradient_magnitude', fraction=0.2, iterations=2)
+    buffer = filled_buffer(*colour_world())
+    trainer.run_phase(buffer)
+    moment = trainer.optimizer.m.numpy().copy()
+    update = trainer.optimizer.update.numpy().copy()
+    second = trainer.run_phase(buffer)
+    top = np.sort(np.argsort(-np.abs(moment))[:second.indices.size])
+    np.testing.assert_array_equal(second.indices, top)
+    # Not the paper's ranking of |u|: the two pick different parameters.
+    assert not np.array_equal(top, np.sort(np.argsort(-np.abs(update))[:top.size]))
+
+
 def test_gauss_southwell_uses_sgd_and_the_phase_start_gradient():
     trainer = make_trainer(strategy='gauss_southwell', optimizer='sgd', learning_rate=0.1,
                            fraction=0.1, iterations=1)

@@ -142,7 +142,7 @@ PARAMETERS = (
     Param('trainer.momentum', 0.0, 'sgd only', low=0.0, high=1.0),
     Param('trainer.horizon_s', 240.0, 'T_horizon: training samples frames of this many seconds',
           above=0.0),
-    Param('trainer.recent_share', 0.5, 'share of each mini-batch drawn from the frames that '
+    Param('trainer.recent_share', 0.0, 'share of each mini-batch drawn from the frames that '
           'arrived since the previous phase (0: uniform over T_horizon, as the paper)',
           low=0.0, high=1.0),
     Param('trainer.channels_last', True, 'NHWC activations (about 2x faster on CPU)'),
