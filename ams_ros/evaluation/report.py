@@ -45,10 +45,11 @@ DISPLAY = {'no_customization': 'No Customization', 'one_time': 'One-Time',
 COLOURS = {'no_customization': '#7f7f7f', 'one_time': '#9467bd', 'remote_tracking': '#2ca02c',
            'just_in_time': '#ff7f0e', 'ams': '#1f77b4'}
 STRATEGY_ORDER = ('last_layers', 'first_layers', 'first_last', 'random', 'gradient_guided',
-                  'gauss_southwell')
+                  'gradient_magnitude', 'gauss_southwell')
 STRATEGY_NAMES = {'last_layers': 'Last Layers', 'first_layers': 'First Layers',
                   'first_last': 'First&Last Layers', 'random': 'Random Selection',
-                  'gradient_guided': 'Gradient-Guided', 'gauss_southwell': 'Gauss-Southwell'}
+                  'gradient_guided': 'Gradient-Guided', 'gradient_magnitude': 'Gradient Magnitude',
+                  'gauss_southwell': 'Gauss-Southwell'}
 REFERENCE = 'no_customization'
 SMOOTH_S = 10.0  # moving-average window of the time plots, s (at most a tenth of the flight)
 

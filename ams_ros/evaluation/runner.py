@@ -66,13 +66,15 @@ from ams_ros.selection import (
     FIRST_LAYERS,
     FULL,
     GRADIENT_GUIDED,
+    GRADIENT_MAGNITUDE,
     LAST_LAYERS,
     RANDOM,
 )
 from ams_ros.trainer import TrainerConfig
 
 ABLATIONS = ('selection', 't_update', 'jit_threshold', 'asr', 'patch_codec', 'uplink_codec')
-TABLE3_STRATEGIES = (LAST_LAYERS, FIRST_LAYERS, FIRST_LAST, RANDOM, GRADIENT_GUIDED)
+TABLE3_STRATEGIES = (LAST_LAYERS, FIRST_LAYERS, FIRST_LAST, RANDOM, GRADIENT_GUIDED,
+                     GRADIENT_MAGNITUDE)
 TABLE3_FRACTIONS = (0.2, 0.1, 0.05, 0.01)
 FIG4_T_UPDATE = (10.0, 20.0, 30.0, 40.0)
 FIG4_JIT_THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
