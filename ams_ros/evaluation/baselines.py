@@ -77,17 +77,15 @@ from ams_ros.evaluation.schemes import (
     CONTROL_NBYTES,
     SnapshotRequest,
     SnapshotRequester,
+    deliver_update,
     linked_result,
     new_drone,
     uplink_nbytes,
-    wait_active,
 )
 from ams_ros.frame_codec import CodecSettings, FrameCodecError, decode_frames, encode_frames
 from ams_ros.ground_client import GroundClient, GroundConfig
 from ams_ros.metrics import frame_miou
-from ams_ros.model_version import APPLIED, PatchPayload
 from ams_ros.selection import GAUSS_SOUTHWELL, GRADIENT_GUIDED, select_indices
-from ams_ros.snapshot import SnapshotPayload
 from ams_ros.student import freeze_batchnorm_statistics
 from ams_ros.trainer import (
     TrainerConfig,
@@ -471,7 +469,7 @@ class _JitRun:
         self.requester = SnapshotRequester(self.link, ctx.source.name)
         self.counts = {'frames_sent': 0, 'frames_skipped': 0, 'frames_refused': 0,
                        'patches_sent': 0, 'snapshots_sent': 0,
-                       'patches_refused': 0, 'updates_diverged': 0}
+                       'patches_refused': 0, 'patches_held': 0, 'updates_diverged': 0}
 
     def run(self) -> SchemeResult:
         ctx = self.ctx
@@ -622,21 +620,8 @@ class _JitRun:
                     self.drone_stride = message.stride_s
                     self.sampling.append((delivered, self._effective_rate(message.stride_s)))
                 continue
-            before = drone.version
-            if isinstance(message, SnapshotPayload):
-                outcome = drone.load_snapshot(message)
-                if outcome.kind == APPLIED:
-                    self.requester.answered()
-            elif isinstance(message, PatchPayload):
-                outcome = drone.offer_patch(message)
-            else:
-                raise TypeError(f'unexpected downlink message {type(message).__name__}')
-            if outcome.kind == APPLIED and drone.version != before:
-                wait_active(drone)
+            if deliver_update(drone, self.requester, self.counts, delivered, message):
                 self.updates.append(delivered)
-            elif outcome.needs_snapshot:
-                self.counts['patches_refused'] += 1
-                self.requester.want(delivered, outcome.reason)
 
     def _effective_rate(self, stride: float) -> float:
         """Return the frames/s a stride gives at the camera's rate (whole camera frames)."""

@@ -333,29 +333,40 @@ class _AmsRun:
                 if message.update_period != self.periods[-1][1]:
                     self.periods.append((delivered, message.update_period))
                 continue
-            before = drone.version
-            if isinstance(message, SnapshotPayload):
-                outcome = drone.load_snapshot(message)
-                if outcome.kind == APPLIED:
-                    self.requester.answered()
-            elif isinstance(message, PatchPayload):
-                outcome = drone.offer_patch(message)
-            else:
-                raise TypeError(f'unexpected downlink message {type(message).__name__}')
-            if outcome.kind == APPLIED and drone.version != before:
-                wait_active(drone)
+            if deliver_update(drone, self.requester, self.counts, delivered, message):
                 self.updates.append(delivered)
-            elif outcome.needs_snapshot or outcome.kind == OUT_OF_ORDER:
-                # The link is FIFO, so a patch ahead of its base means one was lost: ask for
-                # the mirror at once rather than wait for the held patches to fill up.
-                self.counts['patches_refused' if outcome.needs_snapshot
-                            else 'patches_held'] += 1
-                self.requester.want(delivered, outcome.reason or outcome.kind)
 
     def _result(self) -> SchemeResult:
         extra = dict(self.counts, snapshot_requests=self.requester.sent)
         extra.update(phases=self.phases, update_periods=[list(p) for p in self.periods])
         return linked_result(self, extra)
+
+
+def deliver_update(drone: DroneAgent, requester: SnapshotRequester, counts: dict,
+                   delivered: float, message) -> bool:
+    """Offer a delivered patch or snapshot to the drone, as the drone node does.
+
+    Return True when the drone's model changed (the new one is active on return). A patch it
+    cannot apply, or one ahead of its base (the link is FIFO, so a predecessor was lost), makes
+    it ask for a snapshot at once rather than wait for held patches to fill up; counted in
+    counts['patches_refused'] / counts['patches_held'].
+    """
+    before = drone.version
+    if isinstance(message, SnapshotPayload):
+        outcome = drone.load_snapshot(message)
+        if outcome.kind == APPLIED:
+            requester.answered()
+    elif isinstance(message, PatchPayload):
+        outcome = drone.offer_patch(message)
+    else:
+        raise TypeError(f'unexpected downlink message {type(message).__name__}')
+    if outcome.kind == APPLIED and drone.version != before:
+        wait_active(drone)
+        return True
+    if outcome.needs_snapshot or outcome.kind == OUT_OF_ORDER:
+        counts['patches_refused' if outcome.needs_snapshot else 'patches_held'] += 1
+        requester.want(delivered, outcome.reason or outcome.kind)
+    return False
 
 
 def linked_result(run, extra: dict) -> SchemeResult:
