@@ -526,8 +526,11 @@ def test_drone_killed_and_restarted(system):
     report = case.finish(system.up_at('drone'), killed_drone=last_words)
     # The ground saw the restart in the drone's status and sent its model: the drone did not
     # have to wait for the next patch (an update period and a phase away) to find the gap.
+    # A patch already on its way may still reach the new drone first and make it ask too.
+    ground_log = system.folder / f"ground_{system.starts['ground']}.log"
+    assert "'drone' restarted: sending its model" in ground_log.read_text(), report
     assert report['snapshots'].get('applied:snapshot', 0) >= 1, report
-    assert report['snapshot_requests'] == 0, report
+    assert report['snapshot_requests'] <= 1, report
     wait_for_next_patch(system)
 
 
