@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from support.tiny_student import calibrated_template
 
 from ams_ros.evaluation.baselines import (
     SCHEMES,
@@ -23,10 +24,9 @@ from ams_ros.evaluation.core import EvalContext, SchemeResult
 from ams_ros.evaluation.link import LinkConfig
 from ams_ros.evaluation.report import write_report
 from ams_ros.evaluation.sources import CachedSource, SyntheticSource
-from ams_ros.ground_client import GroundConfig, StudentTemplate
-from ams_ros.student import InputSpec, build_student
+from ams_ros.ground_client import GroundConfig
+from ams_ros.student import InputSpec
 from ams_ros.trainer import TrainerConfig
-from ams_ros.world import CLASS_NAMES
 
 # -- optical-flow tracking --------------------------------------------------------------------
 
@@ -98,12 +98,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope='module')
 def template():
-    torch.manual_seed(0)
-    model = build_student('deeplabv3_mbv2_small', len(CLASS_NAMES))
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(4, 3, SPEC.height, SPEC.width))
-    return StudentTemplate.from_model(model.eval(), 'deeplabv3_mbv2_small', CLASS_NAMES, SPEC)
+    return calibrated_template(SPEC)
 
 
 @pytest.fixture(scope='module')

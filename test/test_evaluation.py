@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from support.tiny_student import calibrated_template
 
 from ams_ros import IGNORE_LABEL
 from ams_ros.cli import main as ams_main
@@ -24,11 +25,10 @@ from ams_ros.evaluation.sources import (
     VideoFileSource,
 )
 from ams_ros.frame_codec import CodecSettings
-from ams_ros.ground_client import GroundConfig, StudentTemplate
+from ams_ros.ground_client import GroundConfig
 from ams_ros.rate_control import AtrConfig
-from ams_ros.student import InputSpec, build_student
+from ams_ros.student import InputSpec
 from ams_ros.trainer import TrainerConfig
-from ams_ros.world import CLASS_NAMES
 
 # -- link -------------------------------------------------------------------------------------
 
@@ -152,12 +152,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope='module')
 def template():
-    torch.manual_seed(0)
-    model = build_student('deeplabv3_mbv2_small', len(CLASS_NAMES))
-    model.train()
-    with torch.no_grad():  # calibrate BatchNorm a little, as an untrained student would be
-        model(torch.randn(4, 3, *(SPEC.height, SPEC.width)))
-    return StudentTemplate.from_model(model.eval(), 'deeplabv3_mbv2_small', CLASS_NAMES, SPEC)
+    return calibrated_template(SPEC)
 
 
 @pytest.fixture(scope='module')

@@ -78,6 +78,7 @@ from ams_ros.evaluation.schemes import (
     SnapshotRequest,
     SnapshotRequester,
     deliver_update,
+    evaluate_frame,
     linked_result,
     new_drone,
     uplink_nbytes,
@@ -479,9 +480,7 @@ class _JitRun:
                 self._drone_receive(stamp)
                 self.requester.poll(stamp)
                 if evaluated:
-                    if label is not None or ctx.teacher is not None:
-                        truth = self.scorer.truth(stamp, frame, label)
-                        self.scorer.add(stamp, self.drone.infer(frame), truth)
+                    evaluate_frame(self.scorer, self.drone, stamp, frame, label)
                 self._drone_sample(stamp, frame)
                 ctx.report(stamp)
         finally:
