@@ -42,11 +42,12 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,8 @@ from ams_ros.world import CLASS_NAMES, FIRST_HELD_OUT_SEED, NUM_CLASSES, AerialV
 
 FORMAT = 'ams-student-checkpoint/1'
 DATA_DIR = Path(__file__).resolve().parent / 'data'
-# The committed checkpoints: the CPU demo / --quick profile and the full profile.
+# The packaged checkpoints: the CPU demo / --quick profile (committed) and the full profile
+# (256x512; shipped where one was made, else pretrained once on first use: see packaged_student).
 SMALL_CHECKPOINT = DATA_DIR / 'student_small_128x256.pt'
 FULL_CHECKPOINT = DATA_DIR / 'student_256x512.pt'
 FLIGHT_S = 600.0  # pretraining flights are this long; episodes are stretches of them
@@ -503,6 +505,52 @@ def load_student(path: str | Path, device: str = 'cpu', verify: bool = True
     state = torch.load(path, map_location='cpu', weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval(), metadata
+
+
+# Packaged students by the name the ground node and `ams eval` use, with the recipe that makes
+# one when its file is not shipped. The full student's recipe is about 5 minutes on one H100
+# (render workers on its CPU cores); on a CPU it takes hours, so make it on a GPU machine.
+PACKAGED = {
+    'pretrained_small': (SMALL_CHECKPOINT, PretrainConfig()),
+    'pretrained': (FULL_CHECKPOINT, PretrainConfig(
+        arch='deeplabv3_mbv2', height=256, width=512, steps=6000, batch_size=16,
+        pool_size=1536, warmup_steps=200)),
+}
+
+
+def cache_dir() -> Path:
+    """Where students pretrained on first use are kept ($XDG_CACHE_HOME/ams_ros)."""
+    return Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache').expanduser() / 'ams_ros'
+
+
+def packaged_student(name: str, log: Callable[[str], None] = print,
+                     device: str | None = None) -> Path:
+    """Return the checkpoint file of a packaged student (a key of PACKAGED)."""
+    shipped, recipe = PACKAGED[name]
+    return shipped_or_pretrained(shipped, recipe, cache_dir(), log, device)
+
+
+def shipped_or_pretrained(shipped: Path, recipe: PretrainConfig, cache: Path,
+                          log: Callable[[str], None] = print, device: str | None = None) -> Path:
+    """Return `shipped` if it exists, else a student pretrained by `recipe`, made once.
+
+    The pretrained copy is cached under `cache`, keyed by the world's fingerprint, so a changed
+    world generator makes a new one rather than reusing a student of another world.
+    """
+    if shipped.is_file():
+        return shipped
+    cached = cache / f'{shipped.stem}-{world_fingerprint()}.pt'
+    if cached.is_file():
+        return cached
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    workers = min(12, (os.cpu_count() or 1) - 1) if device.startswith('cuda') else 0
+    config = replace(recipe, device=device, workers=max(0, workers))
+    log(f'{shipped.name} is not shipped: pretraining a {config.arch} student at '
+        f'{config.height}x{config.width} once ({config.steps} steps on {device}; minutes on a '
+        f'GPU, hours on a CPU) into {cached}')
+    result = pretrain(config, log=log)  # saved only once finished: no partial student is reused
+    save_student(cached, result.model, result.metadata)
+    return cached
 
 
 def load_template(path: str | Path):

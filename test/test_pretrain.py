@@ -22,6 +22,7 @@ from ams_ros.pretrain import (
     pretrain,
     save_student,
     score,
+    shipped_or_pretrained,
     specialise,
     world_fingerprint,
 )
@@ -94,6 +95,23 @@ def test_a_tampered_checkpoint_is_refused(tiny, tmp_path):
     copy.write_bytes(bytes(data))
     with pytest.raises(ValueError, match='digest'):
         load_student(copy)
+
+
+def test_an_unshipped_student_is_pretrained_once_then_reused(tmp_path):
+    recipe = dataclasses.replace(TINY, steps=2, pool_size=8, episode_frames=8)
+    shipped, cache, logs = tmp_path / 'data' / 'student_x.pt', tmp_path / 'cache', []
+    path = shipped_or_pretrained(shipped, recipe, cache, logs.append, 'cpu')
+    assert path.parent == cache and world_fingerprint() in path.name
+    assert any('not shipped' in line for line in logs)
+    model, meta = load_student(path)  # also verifies the weights' digest
+    assert (meta.height, meta.width) == (32, 64) and meta.pretrain['steps_done'] == 2
+    assert meta.world_fingerprint == world_fingerprint()
+    made, logs[:] = path.stat().st_mtime_ns, []
+    assert shipped_or_pretrained(shipped, recipe, cache, logs.append, 'cpu') == path
+    assert not logs and path.stat().st_mtime_ns == made
+    # A shipped checkpoint is used as it is.
+    assert shipped_or_pretrained(SMALL_CHECKPOINT, recipe, tmp_path / 'unused') == SMALL_CHECKPOINT
+    assert not (tmp_path / 'unused').exists()
 
 
 def test_pretraining_never_uses_held_out_worlds():

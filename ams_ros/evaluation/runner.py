@@ -10,7 +10,9 @@ Profiles (every option can still be given on its own):
   the three default schemes took 9.8 CPU-minutes here (``--threads 1``): under 10 minutes of
   wall time on an otherwise idle 2-core machine, longer on a shared one.
 - ``--full`` (a GPU): the full student at 256x512, 600-s flights, K = 20 (the paper's), phases
-  taking their measured wall time, training on CUDA where available.
+  taking their measured wall time, training on CUDA where available. The 256x512 student is not
+  committed: the first ``--full`` run pretrains it (about 5 minutes on one H100) and caches it
+  (``ams_ros.pretrain.packaged_student``).
 
 Sources: synthetic flights (``--seeds``; seeds >= 1000 are held out from pretraining), or a video
 file (``--video``) with either a teacher (``--teacher``: a make_teacher config as JSON text or a
@@ -92,14 +94,13 @@ class Profile:
     iterations: int
     batch_size: int
     phase_time_s: float | None  # None: measured
-    checkpoint: str  # name in ams_ros.pretrain
+    student: str  # packaged student (ams_ros.pretrain.PACKAGED)
 
 
 PROFILES = {
     'quick': Profile('deeplabv3_mbv2_small', 128, 256, 180.0, 1.0, 1.0, 20, 8, 3.0,
-                     'SMALL_CHECKPOINT'),
-    'full': Profile('deeplabv3_mbv2', 256, 512, 600.0, 1.0, 1.0, 20, 8, None,
-                    'FULL_CHECKPOINT'),
+                     'pretrained_small'),
+    'full': Profile('deeplabv3_mbv2', 256, 512, 600.0, 1.0, 1.0, 20, 8, None, 'pretrained'),
 }
 
 
@@ -116,13 +117,6 @@ class Variant:
 
 # -- the student ------------------------------------------------------------------------------
 
-def default_checkpoint(profile: Profile) -> Path | None:
-    from ams_ros import pretrain
-
-    path = Path(getattr(pretrain, profile.checkpoint, ''))
-    return path if path.is_file() else None
-
-
 def load_template(path: str | Path | None, arch: str, size: tuple[int, int], seed: int,
                   log=print):
     """Return (StudentTemplate, description): the checkpoint's, or a BN-calibrated fresh one."""
@@ -136,8 +130,8 @@ def load_template(path: str | Path | None, arch: str, size: tuple[int, int], see
         if (spec.height, spec.width) != tuple(size):
             log(f'note: the checkpoint takes {spec.height}x{spec.width}; evaluating at that size')
         return template, {'kind': 'checkpoint', 'path': str(path)}
-    log('warning: no pretrained student checkpoint; using a freshly initialised student with '
-        'calibrated BatchNorm statistics (No Customization will be near chance)')
+    log('note: a freshly initialised student with calibrated BatchNorm statistics '
+        '(No Customization will be near chance)')
     model, spec = calibrated_student(arch, size, seed)
     from ams_ros.world import CLASS_NAMES
 
@@ -286,8 +280,12 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
 
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     size = (args.height, args.width)
-    checkpoint = (None if args.student == 'fresh'
-                  else args.student or default_checkpoint(profile))
+    if args.student == 'fresh':
+        checkpoint = None
+    else:
+        from ams_ros.pretrain import packaged_student
+
+        checkpoint = args.student or packaged_student(profile.student, log, args.device)
     template, student = load_template(checkpoint, args.arch, size, args.seed, log)
     spec = template.input_spec
     frame_size = args.frame_size or (spec.height, spec.width)
@@ -450,7 +448,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                      default=list(FIG4_JIT_THRESHOLDS),
                      help='jit_threshold ablation: Just-In-Time accuracy thresholds')
     model = parser.add_argument_group('student and training')
-    model.add_argument('--student', help="student checkpoint (.pt; default: the profile's), or "
+    model.add_argument('--student', help="student checkpoint (.pt; default: the profile's "
+                       'packaged one, pretrained and cached on first use if not shipped), or '
                        "'fresh': an untrained student (BatchNorm calibrated) at --size")
     model.add_argument('--arch', help='student architecture without a checkpoint')
     model.add_argument('--size', help='HxW of the student without a checkpoint (profile '

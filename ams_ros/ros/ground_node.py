@@ -75,9 +75,6 @@ NODE_NAME = 'ams_ground'
 TEACHER_KINDS = ('synthetic', 'onnx', 'torchscript', 'torchvision')
 POLICIES = ('round_robin', 'phi_weighted')
 DRONE_TOPICS = ('/ams/frames', '/ams/snapshot_request', '/ams/status')
-# `student` keywords for the packaged checkpoints (ams_ros.pretrain).
-PRETRAINED = {'pretrained': 'FULL_CHECKPOINT', 'pretrained_small': 'SMALL_CHECKPOINT'}
-
 PARAMETERS = (
     # Which drones.
     Param('drone_namespaces', list_type('string'), 'drone namespaces served from start-up '
@@ -200,8 +197,12 @@ def drone_namespace(topic: str) -> str | None:
     return None
 
 
-def load_template(student: str, class_names, input_size: tuple[int, int], seed: int):
-    """Return the StudentTemplate: from a checkpoint, a packaged one, or a fresh arch."""
+def load_template(student: str, class_names, input_size: tuple[int, int], seed: int,
+                  device: str, log):
+    """Return the StudentTemplate: from a checkpoint, a packaged one, or a fresh arch.
+
+    A packaged student that is not shipped is pretrained on `device` first (once, then cached).
+    """
     import torch
 
     from ams_ros.ground_client import StudentTemplate
@@ -216,7 +217,7 @@ def load_template(student: str, class_names, input_size: tuple[int, int], seed: 
                                           InputSpec(*input_size))
     from ams_ros import pretrain
 
-    path = Path(getattr(pretrain, PRETRAINED[student])) if student in PRETRAINED \
+    path = pretrain.packaged_student(student, log, device) if student in pretrain.PACKAGED \
         else Path(student).expanduser()
     if not path.is_file():
         raise ParameterError(f"student '{student}': no checkpoint at {path}, and not an "
@@ -342,7 +343,8 @@ class GroundNode(Node):
         except (ValueError, OSError, RuntimeError) as e:
             raise ParameterError(str(e)) from e
         template = load_template(p['student'], p['class_names'],
-                                 (p['input_height'], p['input_width']), p['seed'])
+                                 (p['input_height'], p['input_width']), p['seed'], device,
+                                 self.get_logger().warning)
         from ams_ros.ground_server import GroundServer
 
         self.server = GroundServer(template, lambda _client_id: teacher, config,
