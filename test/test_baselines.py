@@ -22,7 +22,7 @@ from ams_ros.evaluation.baselines import (
 )
 from ams_ros.evaluation.core import EvalContext, SchemeResult
 from ams_ros.evaluation.link import LinkConfig
-from ams_ros.evaluation.report import write_report
+from ams_ros.evaluation.report import matched_downlink, write_report
 from ams_ros.evaluation.sources import CachedSource, SyntheticSource
 from ams_ros.ground_client import GroundConfig
 from ams_ros.student import InputSpec
@@ -258,6 +258,8 @@ def test_report_writes_files_and_tables_equal_the_inputs(tmp_path, report_inputs
     assert points[('ams[T_update=20]', 'f1')]['value'] == 20.0
     assert points[('ams', 'f1')]['value'] == 10.0
     assert ('just_in_time[threshold=0.5]', 'f2') in points
+    assert {m['name'] for m in figures['fig4']['matched']} == {'ams', 'ams[T_update=20]'}
+    assert "Just-In-Time's downlink at AMS's accuracy" in text
     # Figure 5: gains per frame over No Customization, 20 frames over two flights.
     cdf = figures['miou_gain_cdf']
     assert cdf['ams']['frames'] == 20 and cdf['ams']['better'] == 1.0
@@ -275,3 +277,21 @@ def test_report_accepts_result_dicts(tmp_path, report_inputs):
     assert 'Table 3' not in b and not (tmp_path / 'b' / 'fig4_miou_vs_downlink.png').exists()
     assert not math.isnan(json.loads((tmp_path / 'b' / 'figures.json').read_text())
                           ['table1']['average']['ams']['miou'])
+
+
+def test_jit_downlink_is_matched_to_ams_accuracy_on_its_monotone_curve():
+    def point(scheme, flight, kbps, miou, name=None):
+        return {'scheme': scheme, 'flight': flight, 'downlink_kbps': kbps, 'miou': miou,
+                'name': name or scheme}
+
+    jit = [point('just_in_time', 'f1', 100.0, 0.40), point('just_in_time', 'f1', 200.0, 0.38),
+           point('just_in_time', 'f1', 300.0, 0.50)]
+    ams = [point('ams', 'f1', 20.0, 0.45, 'ams'), point('ams', 'f1', 10.0, 0.35, 'ams[T=40]'),
+           point('ams', 'f1', 30.0, 0.60, 'ams[T=5]'), point('ams', 'f2', 20.0, 0.45)]
+    matched = {m['name']: m for m in matched_downlink(jit + ams)}
+    # 200 kbps bought nothing over 100 (0.38 < 0.40): the curve is 0.40 up to 200, then rises.
+    assert matched['ams']['jit_kbps'] == pytest.approx(250.0)
+    assert matched['ams']['ratio'] == pytest.approx(12.5) and not matched['ams']['at_most']
+    assert matched['ams[T=40]']['jit_kbps'] == 100.0 and matched['ams[T=40]']['at_most']
+    assert matched['ams[T=5]']['jit_kbps'] is None and matched['ams[T=5]']['ratio'] is None
+    assert len(matched) == 3  # f2 has no Just-In-Time sweep

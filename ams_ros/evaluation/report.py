@@ -15,7 +15,8 @@ dicts) over one or more flights and writes into `out_dir`:
 - ``miou_gain_cdf.png``: CDF over all frames of the per-frame mIoU gain over No Customization
   (the paper's Figure 5), with the share of frames each scheme improves;
 - ``fig4_miou_vs_downlink.png``: mIoU against downlink kbps for AMS's T_update sweep and
-  Just-In-Time's threshold sweep (the paper's Figure 4), when either sweep is present;
+  Just-In-Time's threshold sweep (the paper's Figure 4), when either sweep is present, and a
+  table of Just-In-Time's downlink at each AMS point's accuracy (interpolated on its sweep);
 - ``figures.json``: the numbers behind every table and figure.
 
 mIoU in the tables is the pooled one (``SchemeResult.miou``: one confusion matrix per flight),
@@ -222,7 +223,40 @@ def fig4_data(results: Sequence[SchemeResult], metadata: dict | None = None) -> 
              'miou': r.miou, 'updates': len(r.updates)}
             for scheme, parameter, value, r in points]
     rows.sort(key=lambda p: (p['scheme'], p['flight'], p['value']))
-    return {'points': rows}
+    return {'points': rows, 'matched': matched_downlink(rows)}
+
+
+def matched_downlink(points: Sequence[dict]) -> list[dict]:
+    """Return Just-In-Time's downlink at each AMS point's accuracy on the same flight.
+
+    This is Figure 4's "bandwidth to achieve the same accuracy". Just-In-Time's curve is its
+    threshold sweep ordered by downlink, made monotone (the best mIoU reached at or below each
+    bandwidth) and interpolated linearly. `jit_kbps` is None when no threshold reaches the AMS
+    point's mIoU; `at_most` marks a match already at the cheapest Just-In-Time point, whose
+    downlink is then an upper bound.
+    """
+    matched = []
+    for ams in (p for p in points if p['scheme'] == 'ams'):
+        curve = sorted((p['downlink_kbps'], _nan(p['miou'])) for p in points
+                       if p['scheme'] == 'just_in_time' and p['flight'] == ams['flight'])
+        target = _nan(ams['miou'])
+        if not curve or math.isnan(target):
+            continue
+        kbps = np.array([c[0] for c in curve])
+        best = np.maximum.accumulate(np.nan_to_num([c[1] for c in curve], nan=-1.0))
+        reached = np.nonzero(best >= target)[0]
+        jit_kbps, at_most = None, False
+        if reached.size:
+            i = int(reached[0])
+            at_most = i == 0
+            jit_kbps = float(kbps[0]) if at_most else float(np.interp(
+                target, [best[i - 1], best[i]], [kbps[i - 1], kbps[i]]))
+        ratio = (jit_kbps / ams['downlink_kbps']
+                 if jit_kbps is not None and ams['downlink_kbps'] > 0 else None)
+        matched.append({'flight': ams['flight'], 'name': ams['name'], 'miou': ams['miou'],
+                        'ams_kbps': ams['downlink_kbps'], 'jit_kbps': jit_kbps,
+                        'at_most': at_most, 'ratio': ratio})
+    return matched
 
 
 def gain_data(results: Sequence[SchemeResult]) -> dict | None:
@@ -363,6 +397,19 @@ def build_tables(results: Sequence[SchemeResult], metadata: dict | None = None) 
         tables.append({'title': 'Figure 4 points: mIoU against downlink bandwidth',
                        'header': ['Flight', 'Scheme', 'parameter', 'mIoU %', 'down kbps',
                                   'updates'], 'rows': rows, 'note': '', 'left': 3})
+        if f4['matched']:
+            rows = [[m['flight'], m['name'], _pct(m['miou']), f'{m["ams_kbps"]:.1f}',
+                     'not reached' if m['jit_kbps'] is None
+                     else ('<= ' if m['at_most'] else '') + f'{m["jit_kbps"]:.1f}',
+                     'n/a' if m['ratio'] is None
+                     else ('<= ' if m['at_most'] else '') + f'{m["ratio"]:.1f}x']
+                    for m in f4['matched']]
+            tables.append({
+                'title': "Just-In-Time's downlink at AMS's accuracy",
+                'header': ['Flight', 'AMS', 'mIoU %', 'AMS down kbps', 'JIT down kbps',
+                           'JIT / AMS'], 'rows': rows, 'left': 2,
+                'note': "JIT's threshold sweep, made monotone and interpolated; 'not reached': "
+                        'no threshold was as accurate as AMS.'})
     return tables
 
 
