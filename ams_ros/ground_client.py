@@ -106,7 +106,6 @@ class GroundClient:
         self._last_label: tuple[float, np.ndarray] | None = None
         self._phi_average: float | None = None  # the scheduler's signal, fresher than ASR's
         self.pending_frames = 0  # labelled since the last phase
-        self._pending_since: float | None = None  # the oldest stamp among them
         self.frames_labelled = 0
 
     @property
@@ -129,8 +128,6 @@ class GroundClient:
                 self._last_label = (stamp, label)
             self.pending_frames += 1
             self.frames_labelled += 1
-            if self._pending_since is None or stamp < self._pending_since:
-                self._pending_since = stamp
         return labels
 
     def _observe_phi(self, stamp: float, phi: float | None) -> None:
@@ -142,10 +139,10 @@ class GroundClient:
 
     def train_phase(self, now: float | None = None) -> PhaseOutput:
         """Run one phase over the horizon and return the patch that carries its result."""
-        result = self.trainer.run_phase(self.buffer, now, recent_since=self._pending_since)
+        result = self.trainer.run_phase(self.buffer, now)
         patch = self.mirror.make_patch(result.indices, result.values)
         self.trainer.set_weights(self.mirror.vector)
-        self.pending_frames, self._pending_since = 0, None
+        self.pending_frames = 0
         return PhaseOutput(patch, result)
 
     def update_rates(self, now: float) -> RateDecision | None:

@@ -90,25 +90,13 @@ class HorizonBuffer:
         return [self._items[s] for s in self._stamps[lo:hi]]
 
     def sample(self, batch_size: int, rng: np.random.Generator, now: float | None = None,
-               horizon_s: float | None = None, recent_since: float | None = None,
-               recent_share: float = 0.0) -> list[LabelledFrame]:
-        """Mini-batch from the window, without replacement.
+               horizon_s: float | None = None) -> list[LabelledFrame]:
+        """Uniform mini-batch from the window, without replacement.
 
-        Uniform over the window, except that `recent_share` of the batch (rounded) is drawn
-        first from the frames stamped at or after `recent_since` (all of them if fewer); the
-        rest is drawn uniformly from the window's other frames.
         When the window holds fewer than `batch_size` frames the batch is the whole window
         (early in a flight), rather than repeating frames.
         """
         frames = self.window(now, horizon_s)
         count = min(int(batch_size), len(frames))
-        picks = np.zeros(0, dtype=np.int64)
-        if recent_since is not None and recent_share > 0:
-            first = bisect.bisect_left([f.stamp for f in frames], float(recent_since))
-            recent = len(frames) - first
-            picks = first + rng.choice(recent, size=min(round(count * recent_share), recent),
-                                       replace=False)
-        others = np.setdiff1d(np.arange(len(frames)), picks)
-        picks = np.concatenate([picks, rng.choice(others, size=count - picks.size,
-                                                  replace=False)])
+        picks = rng.choice(len(frames), size=count, replace=False)
         return [frames[i] for i in picks]

@@ -50,9 +50,6 @@ class TrainerConfig:
     strategy: str = GRADIENT_GUIDED
     horizon_s: float = DEFAULT_HORIZON_S  # T_horizon: sampling window; the buffer's own
     # horizon bounds what it keeps, so it should be at least this long.
-    # Beyond the paper: share of each mini-batch drawn from the newest frames (those since the
-    # previous phase), the rest uniform over the horizon; 0 is the paper's uniform sampling.
-    recent_share: float = 0.0
     optimizer: str = 'adam'  # 'sgd' for Just-In-Time (momentum 0.9) and Gauss-Southwell
     momentum: float = 0.0  # SGD only
     device: str = 'cpu'
@@ -65,8 +62,6 @@ class TrainerConfig:
             raise ValueError(f'unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}')
         if self.iterations < 1 or self.batch_size < 1:
             raise ValueError('iterations and batch_size must be at least 1')
-        if not 0.0 <= self.recent_share <= 1.0:
-            raise ValueError(f'recent_share must be in [0, 1], got {self.recent_share}')
 
 
 @dataclass(frozen=True)
@@ -110,13 +105,8 @@ class Trainer:
         self.manifest.check_vector(flat)
         self.flat_weights.copy_(torch.from_numpy(np.array(flat, copy=True)))
 
-    def run_phase(self, buffer: HorizonBuffer, now: float | None = None,
-                  recent_since: float | None = None) -> PhaseResult:
-        """One training phase on the buffer's frames in [now - T_horizon, now].
-
-        Frames stamped at or after `recent_since` (the newest ones) fill `recent_share` of each
-        mini-batch.
-        """
+    def run_phase(self, buffer: HorizonBuffer, now: float | None = None) -> PhaseResult:
+        """One training phase on the buffer's frames in [now - T_horizon, now]."""
         start = time.perf_counter()
         ensure_flat_binding(self.model, self.manifest, self.flat_weights, self.flat_grads)
         freeze_batchnorm_statistics(self.model)
@@ -129,8 +119,7 @@ class Trainer:
                 previous_update=self._ranking_signal()))
         losses = []
         for _ in range(config.iterations):
-            batch = buffer.sample(config.batch_size, self.rng, now, config.horizon_s,
-                                  recent_since, config.recent_share)
+            batch = buffer.sample(config.batch_size, self.rng, now, config.horizon_s)
             if not batch:
                 raise ValueError('no labelled frames within the training horizon')
             losses.append(self._backward(batch))

@@ -76,19 +76,6 @@ def test_patches_keep_the_drone_identical_to_the_mirror(template):
     assert not np.array_equal(edge.vector, template.initial_vector)
 
 
-def test_each_phase_favours_the_frames_that_arrived_since_the_last(template):
-    rng = np.random.default_rng(0)
-    client = GroundClient('d1', template, ChannelTeacher(), fast_config(recent_share=0.5))
-    calls = []
-    sample = client.buffer.sample
-    client.buffer.sample = lambda *args: calls.append(args[-2:]) or sample(*args)
-    for start in (0.0, 10.0, 20.0):
-        feed(client, rng, 4, start)
-        client.train_phase()
-        assert calls == [(start, 0.5)] * 3   # K = 3 mini-batches
-        calls.clear()
-
-
 def test_snapshot_carries_the_current_model(template):
     rng = np.random.default_rng(2)
     client = GroundClient('d1', template, ChannelTeacher(), fast_config())

@@ -70,24 +70,6 @@ def test_sampling_is_uniform_without_replacement_and_shrinks_to_the_window():
     assert HorizonBuffer().sample(4, rng) == []
 
 
-def test_a_share_of_each_batch_comes_from_the_newest_frames():
-    buffer = HorizonBuffer(horizon_s=100.0)
-    for t in range(10):
-        buffer.add(float(t), frame(t), label())
-    rng = np.random.default_rng(0)
-    older = np.zeros(7)
-    for _ in range(600):
-        picked = [item.stamp for item in buffer.sample(4, rng, recent_since=7.0,
-                                                       recent_share=0.5)]
-        assert len(set(picked)) == 4
-        assert sum(s >= 7.0 for s in picked) >= 2   # two of the three newest, two of the rest
-        older[np.array([s for s in picked if s < 7.0], int)] += 1
-    assert older.min() > 0.8 * older.mean()            # the rest stays uniform
-    # A share larger than the newest frames: all of them, the rest from the others.
-    picked = [item.stamp for item in buffer.sample(4, rng, recent_since=8.5, recent_share=1.0)]
-    assert sorted(picked)[-1] == 9.0 and len(set(picked)) == 4
-
-
 @settings(max_examples=60, deadline=None)
 @given(stamps=st.lists(st.floats(0.0, 1000.0), min_size=1, max_size=40),
        horizon=st.floats(1.0, 300.0), now_offset=st.floats(-50.0, 50.0))

@@ -194,8 +194,7 @@ def make_sources(args) -> list:
 def base_configs(args, profile: Profile) -> tuple[GroundConfig, DroneConfig]:
     trainer = TrainerConfig(iterations=args.iterations, batch_size=args.batch_size,
                             fraction=args.fraction, strategy=args.strategy,
-                            horizon_s=args.horizon, recent_share=args.recent_share,
-                            learning_rate=args.learning_rate,
+                            horizon_s=args.horizon, learning_rate=args.learning_rate,
                             device=args.device)
     ground = GroundConfig(trainer=trainer, patch_format=DEFAULT_FORMAT,
                           asr=AsrConfig(), atr=AtrConfig(period_min=args.t_update,
@@ -462,9 +461,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     model.add_argument('--strategy', default=GRADIENT_GUIDED, help='selection strategy')
     model.add_argument('--learning-rate', type=float, default=1e-3)
     model.add_argument('--horizon', type=float, default=240.0, help='T_horizon, s')
-    model.add_argument('--recent-share', type=float, default=TrainerConfig.recent_share,
-                       help='share of each mini-batch from the newest batch of frames (0: '
-                       "uniform over T_horizon, the paper's; default %(default)s)")
     model.add_argument('--t-update', type=float, default=10.0, help='T_update, s')
     model.add_argument('--one-time', type=float, default=60.0, help='One-Time window, s')
     model.add_argument('--device', default='auto', help='training device: auto, cpu, cuda')

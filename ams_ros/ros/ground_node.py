@@ -139,9 +139,6 @@ PARAMETERS = (
     Param('trainer.momentum', 0.0, 'sgd only', low=0.0, high=1.0),
     Param('trainer.horizon_s', 240.0, 'T_horizon: training samples frames of this many seconds',
           above=0.0),
-    Param('trainer.recent_share', 0.0, 'share of each mini-batch drawn from the frames that '
-          'arrived since the previous phase (0: uniform over T_horizon, as the paper)',
-          low=0.0, high=1.0),
     Param('trainer.channels_last', True, 'NHWC activations (about 2x faster on CPU)'),
     # Downlink.
     Param('patch.value_mode', DEFAULT_FORMAT.value_mode, 'precision of patch values: fp16 (the '
@@ -267,7 +264,7 @@ def ground_config(p: dict, device: str) -> GroundConfig:
         learning_rate=p['trainer.learning_rate'], fraction=p['trainer.fraction'],
         strategy=p['trainer.strategy'], horizon_s=p['trainer.horizon_s'],
         optimizer=p['trainer.optimizer'], momentum=p['trainer.momentum'], device=device,
-        recent_share=p['trainer.recent_share'], channels_last=p['trainer.channels_last'])
+        channels_last=p['trainer.channels_last'])
     patch_format = dataclasses.replace(DEFAULT_FORMAT, value_mode=p['patch.value_mode'],
                                        zstd_level=p['patch.zstd_level'])
     asr = AsrConfig(phi_target=p['asr.phi_target'], step_size=p['asr.step_size'],
