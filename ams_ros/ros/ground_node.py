@@ -75,6 +75,7 @@ NODE_NAME = 'ams_ground'
 TEACHER_KINDS = ('synthetic', 'onnx', 'torchscript', 'torchvision')
 POLICIES = ('round_robin', 'phi_weighted')
 DRONE_TOPICS = ('/ams/frames', '/ams/snapshot_request', '/ams/status')
+
 PARAMETERS = (
     # Which drones.
     Param('drone_namespaces', list_type('string'), 'drone namespaces served from start-up '
