@@ -25,18 +25,16 @@ from sensor_msgs.msg import Image  # noqa: E402
 from support.processes import spin_until  # noqa: E402
 from support.rogue_publisher import VERSION_JUMP, attacks  # noqa: E402
 from test_nodes import (  # noqa: E402
-    ARCH,
     KEY,
     RELIABLE,
-    SEED,
-    SPEC,
     camera_frame,
     drone_diagnostics,
     logs,
+    observed,
     params,
     publish_until_masked,
     start,
-    stop_all,
+    start_keyed_ground,
     template,  # noqa: F401 - a fixture
 )
 
@@ -113,23 +111,13 @@ def keyed_pair(tmp_path_factory):
     key = tmp_path / 'ams.key'
     key.write_bytes(KEY + b'\n')
     processes = {
-        'ground': start('ams_ros.ros.ground_node', tmp_path, 'ground', *params(
-            student=ARCH, input_height=SPEC.height, input_width=SPEC.width, device='cpu',
-            torch_threads=1, client_ids='[a1]', drone_namespaces='[/a1]', discover=False,
-            status_period=0.5, teacher__seed=SEED, trainer__iterations=2,
-            trainer__batch_size=2, trainer__channels_last=False, atr__period_min=2.0,
-            asr__interval=2.0, auth_key_file=key)),
+        'ground': start_keyed_ground(tmp_path, key, 'a1', discover=False),
         'a1': start('ams_ros.ros.drone_node', tmp_path, 'a1', '-r', '__ns:=/a1', *params(
             status_period=0.5, uplink__preset='ultrafast', uplink__bitrate_kbps=400.0,
             auth_key_file=key)),
         'rogue': start_rogue(tmp_path, '/a1'),
     }
-    rclpy.init()
-    node = rclpy.create_node('ams_authenticity_test')
-    yield node, processes
-    node.destroy_node()
-    rclpy.shutdown()
-    stop_all(processes)
+    yield from observed(processes, 'ams_authenticity_test')
 
 
 def test_a_rogue_publisher_cannot_make_the_drone_run_its_model(keyed_pair):

@@ -164,20 +164,30 @@ def system(template, tmp_path_factory):
     key = tmp_path / 'ams.key'
     key.write_bytes(KEY + b'\n')
     processes = {
-        'ground': start('ams_ros.ros.ground_node', tmp_path, 'ground', *params(
-            student=ARCH, input_height=SPEC.height, input_width=SPEC.width, device='cpu',
-            torch_threads=1, client_ids='[t2]', drone_namespaces='[/t2]', discovery_period=0.5,
-            status_period=0.5, teacher__seed=SEED, trainer__iterations=2,
-            trainer__batch_size=2, trainer__channels_last=False, atr__period_min=2.0,
-            asr__interval=2.0, auth_key_file=key)),
+        'ground': start_keyed_ground(tmp_path, key, 't2', discovery_period=0.5),
         't1': start('ams_ros.ros.drone_node', tmp_path, 't1', '-r', '__ns:=/t1', *params(
             model_path=model, status_period=0.5, max_image_pixels=T1_MAX_PIXELS)),
         't2': start('ams_ros.ros.drone_node', tmp_path, 't2', '-r', '__ns:=/t2', *params(
             status_period=0.5, uplink__preset='ultrafast', uplink__bitrate_kbps=400.0,
             auth_key_file=key)),
     }
+    yield from observed(processes, 'ams_node_test')
+
+
+def start_keyed_ground(tmp_path, key, drone, **extra):
+    """Start a ground serving the keyed drone namespace /<drone>, with tiny training phases."""
+    return start('ams_ros.ros.ground_node', tmp_path, 'ground', *params(
+        student=ARCH, input_height=SPEC.height, input_width=SPEC.width, device='cpu',
+        torch_threads=1, client_ids=f'[{drone}]', drone_namespaces=f'[/{drone}]',
+        status_period=0.5, teacher__seed=SEED, trainer__iterations=2, trainer__batch_size=2,
+        trainer__channels_last=False, atr__period_min=2.0, asr__interval=2.0,
+        auth_key_file=key, **extra))
+
+
+def observed(processes, node_name):
+    """Yield (a test node, processes) with rclpy up; afterwards shut down and stop them all."""
     rclpy.init()
-    node = rclpy.create_node('ams_node_test')
+    node = rclpy.create_node(node_name)
     yield node, processes
     node.destroy_node()
     rclpy.shutdown()
