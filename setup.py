@@ -35,7 +35,7 @@ setup(
         # Offline evaluation (plots, progress) and rosbag2 files without a ROS install.
         'eval': ['matplotlib', 'tqdm'],
         'bag': ['rosbags'],
-        'test': ['pytest', 'ruff', 'hypothesis'],
+        'test': ['pytest', 'ruff', 'hypothesis', 'ros-test-msgs'],
     },
     zip_safe=True,
     maintainer='ams_ros maintainers',

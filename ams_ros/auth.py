@@ -9,6 +9,9 @@ pass as a snapshot's.
 Policy: with a key configured, an unsigned or wrongly signed message is rejected ('unsigned',
 'bad-signature'); without a key, tags are ignored. Replays of a genuine message are not caught
 here; version numbers make them harmless (model_version treats them as duplicates).
+
+The encoding (``encode_record``) is shared with ams_ros.ros.link_auth, which signs whole ROS
+messages on the wire, with a counter against replays.
 """
 
 from __future__ import annotations
@@ -46,11 +49,11 @@ def load_key(source: bytes | str | os.PathLike | None) -> bytes | None:
 
 def canonical_bytes(message) -> bytes:
     """Serialise every field but the tag, unambiguously (what the tag is computed over)."""
-    if not dataclasses.is_dataclass(message) or isinstance(message, type):
+    record = dataclass_record(message)
+    if record is None:
         raise TypeError('only dataclass instances can be signed')
-    fields = [(f.name, getattr(message, f.name))
-              for f in dataclasses.fields(message) if f.name != TAG_FIELD]
-    return _DOMAIN + _encode_record(type(message).__name__, fields)
+    name, fields = record
+    return _DOMAIN + encode_record(name, [(n, v) for n, v in fields if n != TAG_FIELD])
 
 
 def compute_tag(message, key: bytes) -> bytes:
@@ -84,14 +87,27 @@ def _length_prefixed(data: bytes) -> bytes:
     return struct.pack('>Q', len(data)) + data
 
 
-def _encode_record(name: str, fields) -> bytes:
+def dataclass_record(value):
+    """Return (class name, [(field name, value)...]) of a dataclass instance, else None."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return None
+    return type(value).__name__, [(f.name, getattr(value, f.name))
+                                  for f in dataclasses.fields(value)]
+
+
+def encode_record(name: str, fields, as_record=dataclass_record) -> bytes:
+    """Encode a named record: its name, its field count, then each field's name and value.
+
+    `as_record` says which other values are records too (returns (name, fields) or None):
+    dataclasses here; ROS messages for ams_ros.ros.link_auth.
+    """
     parts = [b'd', _length_prefixed(name.encode()), struct.pack('>Q', len(fields))]
     for field_name, value in fields:
-        parts += [_length_prefixed(field_name.encode()), _encode_value(value)]
+        parts += [_length_prefixed(field_name.encode()), encode_value(value, as_record)]
     return b''.join(parts)
 
 
-def _encode_value(value) -> bytes:
+def encode_value(value, as_record=dataclass_record) -> bytes:
     """Type byte + payload; every variable-length payload is length-prefixed."""
     if value is None:
         return b'n'
@@ -114,8 +130,10 @@ def _encode_value(value) -> bytes:
         return (b'a' + _length_prefixed(value.dtype.str.encode()) + _length_prefixed(shape)
                 + _length_prefixed(np.ascontiguousarray(value).tobytes()))
     if isinstance(value, (list, tuple)):
-        return b'l' + struct.pack('>Q', len(value)) + b''.join(map(_encode_value, value))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _encode_record(type(value).__name__, [
-            (f.name, getattr(value, f.name)) for f in dataclasses.fields(value)])
+        return b'l' + struct.pack('>Q', len(value)) + b''.join(
+            encode_value(v, as_record) for v in value)
+    record = as_record(value)
+    if record is not None:
+        return encode_record(*record, as_record)
     raise TypeError(f'cannot sign a field of type {type(value).__name__}')
+

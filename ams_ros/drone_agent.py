@@ -1,14 +1,19 @@
 """The drone's side of AMS: run the student, apply model updates, sample frames for the ground.
 
 The drone node and the offline harness both drive this class, so what the harness measures is
-what the drone does. Model updates are verified by EdgeModelState (versions, digests, tags)
-before the EdgeRuntime builds them off the inference path; a model that fails any check is
-never run.
+what the drone does. Model updates are verified by EdgeModelState (versions, digests, values,
+tags) before the EdgeRuntime builds them off the inference path; a model that fails any check
+is never run. A snapshot the drone did not ask for must also keep the interface of the model it
+runs (model_version's module docstring has the rules).
+
+The ground's sampling control is kept within DroneConfig's bounds: an absurd rate or period
+(a forged or broken message) would stall the uplink for good or fill the memory with frames.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +23,7 @@ from ams_ros.edge_runtime import EdgeRuntime, RuntimeConfig, resize_frame
 from ams_ros.frame_codec import CodecSettings, encode_frames
 from ams_ros.frame_sampler import FrameSampler
 from ams_ros.manifest import ParameterManifest, vector_digest
-from ams_ros.model_version import APPLIED, NEEDS_SNAPSHOT, EdgeModelState, Outcome, PatchPayload
+from ams_ros.model_version import NEEDS_SNAPSHOT, EdgeModelState, Outcome, PatchPayload
 from ams_ros.onnx_params import (
     CLASS_NAMES_KEY,
     MODEL_ID_KEY,
@@ -26,7 +31,13 @@ from ams_ros.onnx_params import (
     model_metadata,
     read_vector,
 )
-from ams_ros.snapshot import SnapshotError, SnapshotPayload, open_snapshot
+from ams_ros.snapshot import (
+    ModelInterface,
+    SnapshotError,
+    SnapshotPayload,
+    model_interface,
+    open_snapshot,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,22 @@ class DroneConfig:
     max_pending_patches: int = 4
     sampling_rate: float = 1.0  # until the ground says otherwise
     update_period: float = 10.0
+    # What the ground may set (frames/s and T_update in s); set_sampling refuses the rest.
+    # The paper's ranges (0.1-1 frames/s, 10-40 s) with room on both sides: 30 frames/s is a
+    # camera's rate, 0.01 one frame in 100 s; 0.5 s is shorter than any training phase and
+    # 600 s ten minutes of frames between updates.
+    sampling_rate_min: float = 0.01
+    sampling_rate_max: float = 30.0
+    update_period_min: float = 0.5
+    update_period_max: float = 600.0
+
+    def __post_init__(self):
+        for name in ('sampling_rate', 'update_period'):
+            low, high = getattr(self, f'{name}_min'), getattr(self, f'{name}_max')
+            if not (math.isfinite(high) and 0 < low <= high):
+                raise ValueError(f'{name} bounds must be finite with 0 < min <= max, '
+                                 f'got [{low}, {high}]')
+            _check_within(name, getattr(self, name), low, high)
 
 
 @dataclass(frozen=True)
@@ -66,7 +93,7 @@ class DroneAgent:
         self.sampler = FrameSampler(self.config.sampling_rate, self.config.update_period)
         self.runtime: EdgeRuntime | None = None
         self.class_names: tuple[str, ...] = ()
-        self._manifest: ParameterManifest | None = None
+        self._interface: ModelInterface | None = None  # of the model the runtime runs
         self._seq = 0
         self.snapshot_rejections: dict[str, int] = {}
 
@@ -80,47 +107,65 @@ class DroneAgent:
         return self.state.model_id
 
     def load_model_file(self, model_bytes: bytes, version: int) -> Outcome:
-        """Start from an exported student (ONNX with the ams metadata), e.g. the pretrained one."""
+        """Start from an exported student (ONNX with the ams metadata), e.g. the pretrained one.
+
+        The operator's file counts as requested: it may replace any model, at any version.
+        """
         model = onnx.load_from_string(model_bytes)
         manifest = manifest_from_metadata(model)
         metadata = model_metadata(model)
         vector = read_vector(model, manifest)
+        runtime = EdgeRuntime(model_bytes, manifest, version, self.config.runtime)
+        interface = model_interface(model, manifest,
+                                    json.loads(metadata.get(CLASS_NAMES_KEY, '[]')),
+                                    runtime.input_size)
         outcome = self.state.load_snapshot(version, vector, vector_digest(vector),
-                                           model_id=metadata.get(MODEL_ID_KEY, ''))
-        self._activate(model_bytes, manifest, json.loads(metadata.get(CLASS_NAMES_KEY, '[]')))
+                                           model_id=metadata.get(MODEL_ID_KEY, ''),
+                                           requested=True)
+        if outcome.applied_versions:
+            self._run_active(runtime, interface, version)
+        else:
+            runtime.close()
         return outcome
 
-    def load_snapshot(self, payload: SnapshotPayload) -> Outcome:
+    def load_snapshot(self, payload: SnapshotPayload, *, requested: bool = True) -> Outcome:
         """Verify a whole-model snapshot and make it active (off the inference path).
 
-        A snapshot that needs a new runtime (the first model, or another layout) has it built
+        ``requested``: the drone asked for a snapshot and has not received one since. The
+        default keeps what callers before this argument got; the drone node passes its own
+        state. An unrequested snapshot while a model runs must be that model (same id,
+        manifest, graph inputs and outputs, class names, input size and normalisation) at a
+        version a little newer, or it is rejected (EdgeModelState.load_snapshot).
+
+        A snapshot of another interface (a new model, or the first) has its runtime built
         before anything is activated: one ONNX Runtime cannot load is refused as a bad model.
         """
-        runtime = None
         try:
             opened = open_snapshot(payload, self._key)
-            if self.runtime is None or opened.manifest != self._manifest:
-                runtime, class_names = self._new_runtime(payload, opened.manifest)
         except SnapshotError as e:
-            self.snapshot_rejections[e.reason] = self.snapshot_rejections.get(e.reason, 0) + 1
-            return Outcome(NEEDS_SNAPSHOT, f'snapshot-{e.reason}', self.state.version)
+            return self._snapshot_refused(e)
+        same = self._interface is not None and self._interface.matches(opened.interface)
+        checks = dict(model_id=payload.model_id, requested=requested, same_interface=same)
+        refusal = self.state.check_snapshot(payload.version, opened.vector, payload.digest,
+                                            **checks)
+        if refusal is not None:
+            return refusal
+        runtime = None
+        if not same:
+            try:
+                runtime = self._new_runtime(payload, opened.manifest)
+            except SnapshotError as e:
+                return self._snapshot_refused(e)
+        # It passed check_snapshot: this activates it.
         outcome = self.state.load_snapshot(payload.version, opened.vector, payload.digest,
-                                           model_id=payload.model_id)
-        if outcome.kind != APPLIED:
-            if runtime is not None:
-                runtime.close()
-        elif runtime is None:
-            self.runtime.submit(self.state.vector, self.state.version)
-        else:
-            self._install(runtime, opened.manifest, class_names)
-            if self.state.version != payload.version:   # held patches applied on top
-                runtime.submit(self.state.vector, self.state.version)
+                                           **checks)
+        self._run_active(runtime, opened.interface, payload.version)
         return outcome
 
     def offer_patch(self, patch: PatchPayload) -> Outcome:
         """Apply a patch if it verifies; the new model swaps in once built."""
         outcome = self.state.offer(patch)
-        if outcome.kind == APPLIED and self.runtime is not None:
+        if outcome.applied_versions and self.runtime is not None:
             self.runtime.submit(self.state.vector, self.state.version)
         return outcome
 
@@ -130,6 +175,15 @@ class DroneAgent:
         return None if runtime is None else runtime.infer(frame_rgb, resize_to_input)
 
     def set_sampling(self, rate: float, update_period: float) -> None:
+        """Sample at `rate` frames/s in batches of `update_period` s, as the ground says.
+
+        ValueError (and the settings in force are kept) unless both lie within the config's
+        bounds.
+        """
+        config = self.config
+        _check_within('sampling_rate', rate, config.sampling_rate_min, config.sampling_rate_max)
+        _check_within('update_period', update_period, config.update_period_min,
+                      config.update_period_max)
         self.sampler.set_rate(rate)
         self.sampler.set_update_period(update_period)
 
@@ -162,26 +216,38 @@ class DroneAgent:
             return self.runtime.input_size
         return frame_rgb.shape[:2]
 
-    def _activate(self, model_bytes: bytes, manifest: ParameterManifest, class_names) -> None:
-        runtime = EdgeRuntime(model_bytes, manifest, self.state.version, self.config.runtime)
-        self._install(runtime, manifest, tuple(class_names))
-
-    def _new_runtime(self, payload: SnapshotPayload,
-                     manifest: ParameterManifest) -> tuple[EdgeRuntime, tuple]:
+    def _new_runtime(self, payload: SnapshotPayload, manifest: ParameterManifest) -> EdgeRuntime:
         """Build the runtime of a verified snapshot's model; SnapshotError if it cannot run."""
         try:
-            class_names = tuple(payload.class_names)
             return EdgeRuntime(bytes(payload.model_data), manifest, payload.version,
-                               self.config.runtime), class_names
+                               self.config.runtime)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types on bad graphs
             raise SnapshotError('bad-model', f'{type(e).__name__}: {e}') from e
 
-    def _install(self, runtime: EdgeRuntime, manifest: ParameterManifest, class_names) -> None:
-        # A different model (architecture or layout) needs a new runtime; the reference swap
-        # is atomic, and the old runtime finishes the frame it is on before it is closed.
+    def _snapshot_refused(self, error: SnapshotError) -> Outcome:
+        self.snapshot_rejections[error.reason] = self.snapshot_rejections.get(error.reason, 0) + 1
+        return Outcome(NEEDS_SNAPSHOT, f'snapshot-{error.reason}', self.state.version)
+
+    def _run_active(self, runtime: EdgeRuntime | None, interface: ModelInterface,
+                    built_version: int) -> None:
+        """Run the state's newly active vector: in `runtime` (built at built_version) if new."""
+        if runtime is not None:
+            self._install(runtime, interface.class_names)
+        self._interface = interface  # a matching one may add the normalisation a file lacks
+        if runtime is None or self.state.version != built_version:  # held patches applied
+            self.runtime.submit(self.state.vector, self.state.version)
+
+    def _install(self, runtime: EdgeRuntime, class_names: tuple[str, ...]) -> None:
+        # A different model (architecture, layout or interface) needs a new runtime; the
+        # reference swap is atomic, and the old runtime finishes the frame it is on before it
+        # is closed.
         previous = self.runtime
         self.runtime = runtime
-        self._manifest = manifest
         self.class_names = class_names
         if previous is not None:
             previous.close()
+
+
+def _check_within(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:   # False for NaN too
+        raise ValueError(f'{name} must be within [{low:g}, {high:g}], got {value!r}')

@@ -32,6 +32,11 @@ Frame size changes. A batch holds frames of one size (an H.264 stream has one). 
 at another size than the buffered samples first emits them as a batch of their own, cut short
 (counted in `size_flushes`); the window goes on, and its remaining samples follow at the new
 size when it closes.
+
+Full buffers. A window holds at most `max_frames` samples: the next sample first emits them
+(counted in `full_flushes`), so a long window at a high rate cannot fill the memory or make a
+batch the encoder refuses (at most 65535 frames). Whatever the rate, period and stamps, no
+state makes every later frame fail: a jump too far for the window grid restarts the grid.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+# 30 frames/s for 10 s: 118 MB of 256x512 frames, far more than the paper's buffers (<= 40).
+MAX_BATCH_FRAMES = 300
 
 
 @dataclass(frozen=True)
@@ -63,14 +71,18 @@ class FrameSampler:
     """Sample frames at `rate` frames/s and emit them in batches spanning `update_period` s."""
 
     def __init__(self, rate: float = 1.0, update_period: float = 10.0,
-                 reorder_tolerance_s: float = 0.5):
+                 reorder_tolerance_s: float = 0.5, max_frames: int = MAX_BATCH_FRAMES):
         self._rate = _check_positive('rate', rate)
         self._update_period = _check_positive('update_period', update_period)
         if not reorder_tolerance_s >= 0:
             raise ValueError(f'reorder_tolerance_s must be >= 0, got {reorder_tolerance_s}')
+        if not (isinstance(max_frames, int) and max_frames >= 1):
+            raise ValueError(f'max_frames must be a positive integer, got {max_frames!r}')
         self.reorder_tolerance_s = float(reorder_tolerance_s)
+        self.max_frames = max_frames
         self.resets = 0  # times the clock jumped back and sampling restarted
         self.size_flushes = 0  # batches emitted early because the frame size changed
+        self.full_flushes = 0  # batches emitted early because they held max_frames
         self._restart()
 
     def _restart(self) -> None:
@@ -119,9 +131,12 @@ class FrameSampler:
         batch = self._close_window(stamp, half_interval)
         period = 1.0 / self._rate
         if self._next_due is None or stamp >= self._next_due - min(half_interval, period / 2):
+            # batch is None here: a window that closed has no samples left to mix with.
             if self._frames and np.shape(frame) != self._frames[0].shape:
-                # batch is None here: a window that closed has no samples left to mix with.
                 self.size_flushes += 1
+                batch = self._emit()
+            elif len(self._frames) >= self.max_frames:
+                self.full_flushes += 1
                 batch = self._emit()
             self._take(stamp, frame)
         return batch
@@ -138,8 +153,11 @@ class FrameSampler:
         reached = stamp - self._window_start + min(half_interval, period / 2)
         if reached < period:
             return None
-        # The next window is on the T_update grid, skipping whole windows the stream missed.
-        self._window_start += period * math.floor(reached / period)
+        # The next window is on the T_update grid, skipping whole windows the stream missed; a
+        # jump of infinitely many windows (math.floor would raise) starts a new grid here.
+        windows = reached / period
+        self._window_start = (stamp if math.isinf(windows)
+                              else self._window_start + period * math.floor(windows))
         return self._emit()
 
     def _take(self, stamp: float, frame: np.ndarray) -> None:

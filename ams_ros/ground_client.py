@@ -1,10 +1,13 @@
 """One drone as the ground station serves it (Algorithm 1 of the paper).
 
 Frames arrive in batches; the teacher labels them into the horizon buffer and the φ-scores of
-consecutive labels drive the drone's sampling rate (ASR) and update period (ATR). Each training
-phase trains the ground's copy of the drone's student and encodes the change as a patch against
-the mirror of what the drone runs; the trainer then continues from the mirror's values, so the
-ground always trains exactly the model the drone has (fp16 or quantised values included).
+consecutive labels drive the drone's sampling rate (ASR) and update period (ATR). A batch's
+stamps pass the drone's stamp guard first: a refused batch raises ``StampRefused`` and changes
+nothing, and a confirmed clock jump moves the buffered frames and the stamp-keyed state onto the
+new clock. Each training phase trains the ground's copy of the drone's student and encodes the
+change as a patch against the mirror of what the drone runs; the trainer then continues from the
+mirror's values, so the ground always trains exactly the model the drone has (fp16 or quantised
+values included).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ams_ros.rate_control import (
     phi_score,
 )
 from ams_ros.snapshot import SnapshotPayload, build_snapshot
+from ams_ros.stamp_guard import REANCHOR, StampGuard, StampGuardConfig, StampRefused, StampVerdict
 from ams_ros.trainer import PhaseResult, Trainer, TrainerConfig
 
 # The model a drone starts from (the pretrained student) is version 1; 0 means "no model".
@@ -42,6 +46,12 @@ class GroundConfig:
     patch_format: PatchFormat = DEFAULT_FORMAT
     asr: AsrConfig = field(default_factory=AsrConfig)
     atr: AtrConfig = field(default_factory=AtrConfig)
+    stamps: StampGuardConfig = field(default_factory=StampGuardConfig)
+
+    def __post_init__(self):
+        if self.stamps.max_spread_s < self.atr.period_max:
+            raise ValueError(f'stamps.max_spread_s ({self.stamps.max_spread_s:g} s) must cover '
+                             f'a batch of the longest update period ({self.atr.period_max:g} s)')
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,8 @@ class GroundClient:
                                    self.trainer.weights(), fmt=self.config.patch_format, key=key)
         self.asr = AdaptiveSamplingRate(self.config.asr)
         self.atr = AdaptiveTrainingRate(self.config.atr)
+        self.stamp_guard = StampGuard(self.config.stamps)
+        self.stamp_verdict: StampVerdict | None = None  # on the latest batch
         self._writer: InitializerWriter | None = None
         self._last_label: tuple[float, np.ndarray] | None = None
         self._phi_average: float | None = None  # the scheduler's signal, fresher than ASR's
@@ -113,13 +125,26 @@ class GroundClient:
         """Recent φ-score (moving average): how fast this drone's scene changes now."""
         return self._phi_average
 
-    def add_frames(self, frames: np.ndarray, stamps) -> np.ndarray:
-        """Label a batch with the teacher, buffer it, feed φ to ASR; return the labels."""
+    def add_frames(self, frames: np.ndarray, stamps, now: float | None = None) -> np.ndarray:
+        """Label a batch with the teacher, buffer it, feed φ to ASR; return the labels.
+
+        The stamps pass the stamp guard first (`now`: the caller's monotonic time of arrival,
+        see stamp_guard); a refused batch raises StampRefused before the teacher runs.
+        `stamp_verdict` holds the guard's verdict on the latest batch.
+        """
         stamps = [float(s) for s in stamps]
+        if len(frames) != len(stamps):
+            raise ValueError(f'{len(frames)} frames but {len(stamps)} stamps')
+        verdict = self.stamp_guard.check(stamps, now)
+        self.stamp_verdict = verdict
+        if not verdict.accepted:
+            raise StampRefused(verdict)
+        if verdict.reason == REANCHOR:
+            self._shift(verdict.offset)
         labels = np.asarray(self.teacher.label(frames, stamps))
-        for i in np.argsort(stamps, kind='stable'):
-            stamp, label = stamps[i], labels[i]
-            if not self.buffer.add(stamp, frames[i], label):
+        # In capture order: the guard refuses stamps that are not.
+        for stamp, frame, label in zip(stamps, frames, labels, strict=True):
+            if not self.buffer.add(stamp, frame, label):
                 continue  # older than the horizon: useless for training
             if self._last_label is not None and stamp > self._last_label[0]:
                 self._observe_phi(stamp, phi_score(self._last_label[1], label,
@@ -129,6 +154,13 @@ class GroundClient:
             self.pending_frames += 1
             self.frames_labelled += 1
         return labels
+
+    def _shift(self, offset: float) -> None:
+        """Move everything keyed by stamp onto the drone's new clock (see stamp_guard)."""
+        self.buffer.shift(offset)
+        self.asr.shift(offset)
+        if self._last_label is not None:
+            self._last_label = (self._last_label[0] + offset, self._last_label[1])
 
     def _observe_phi(self, stamp: float, phi: float | None) -> None:
         self.asr.observe(stamp, phi)

@@ -71,24 +71,29 @@ class GroundServer:
     def add_frames(self, client_id: str, frames, stamps):
         return self.add_client(client_id).add_frames(frames, stamps)
 
-    def next_client(self) -> str | None:
-        """Pick the drone that trains next, or None when no drone has new frames."""
+    def train_next(self) -> tuple[str, PhaseOutput] | None:
+        """Schedule one drone and run its phase; None when no drone has new frames.
+
+        The one place a scheduling decision is made: the phase's output belongs to the drone
+        returned with it, so a caller publishes it to that drone and no other.
+        """
+        client_id = self._schedule()
+        if client_id is None:
+            return None
+        return client_id, self._slots[client_id].client.train_phase()
+
+    def _schedule(self) -> str | None:
+        """Pick the drone that trains next and charge it for the phase (credit, turn)."""
         ready = {cid: s for cid, s in self._slots.items() if s.client.pending_frames > 0}
         if not ready:
             return None
         if self.policy == 'round_robin':
-            return min(ready, key=lambda cid: ready[cid].last_trained)
-        for slot in ready.values():
-            slot.credit += max(slot.client.phi or 0.0, self.phi_floor)
-        return max(ready, key=lambda cid: ready[cid].credit)
-
-    def train_next(self) -> tuple[str, PhaseOutput] | None:
-        """Run one phase for the scheduled drone; None when nobody is waiting."""
-        client_id = self.next_client()
-        if client_id is None:
-            return None
-        slot = self._slots[client_id]
+            client_id = min(ready, key=lambda cid: ready[cid].last_trained)
+        else:
+            for slot in ready.values():
+                slot.credit += max(slot.client.phi or 0.0, self.phi_floor)
+            client_id = max(ready, key=lambda cid: ready[cid].credit)
         self._decisions += 1
-        slot.last_trained = self._decisions
-        slot.credit = 0.0
-        return client_id, slot.client.train_phase()
+        ready[client_id].last_trained = self._decisions
+        ready[client_id].credit = 0.0
+        return client_id

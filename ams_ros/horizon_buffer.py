@@ -8,7 +8,8 @@ sampling rate times the horizon (240 frames at the paper's 1 fps maximum and 240
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -37,6 +38,7 @@ class HorizonBuffer:
     Stamps may arrive out of order; a second frame with the same stamp replaces the first.
     The horizon is measured back from the newest stamp seen (or a later `now` given to
     `evict`), which only moves forward, so an evicted frame never becomes eligible again.
+    Only `shift` moves it otherwise, with every frame: the drone's clock was re-anchored.
     """
 
     def __init__(self, horizon_s: float = DEFAULT_HORIZON_S):
@@ -76,6 +78,24 @@ class HorizonBuffer:
             del self._items[stamp]
         del self._stamps[:cut]
         return cut
+
+    def shift(self, offset: float) -> None:
+        """Add `offset` seconds to every stamp (the drone's clock was re-anchored).
+
+        The frames, their order and the newest stamp move together, so the buffer holds and
+        samples exactly what it did, on the new clock.
+        """
+        offset = float(offset)
+        if not math.isfinite(offset):
+            raise ValueError(f'offset must be finite, got {offset}')
+        # Rebuilt rather than shifted in place: rounding may merge two nearby stamps.
+        items = {}
+        for stamp in self._stamps:
+            items[stamp + offset] = replace(self._items[stamp], stamp=stamp + offset)
+        self._items = items
+        self._stamps = sorted(items)
+        if self._latest is not None:
+            self._latest += offset
 
     def window(self, now: float | None = None,
                horizon_s: float | None = None) -> list[LabelledFrame]:

@@ -8,14 +8,39 @@ the candidate active only when its digest matches: an unverified vector is never
 What the edge does with a patch (``Outcome.kind``):
 
 - ``applied``: it was for the active version and verified (held successors are applied too);
-- ``duplicate``: its version is not newer than the active one (a redelivery or replay): ignored;
+- ``duplicate``: its version is not newer than the active one and its digest is the one the
+  edge recorded for that version (a redelivery or replay), or it is a version the edge skipped
+  or no longer remembers, at most ``MAX_UNREQUESTED_JUMP`` behind (a patch delayed past the
+  snapshot that filled its gap): ignored;
 - ``out_of_order``: it builds on a version not reached yet: held (a few at most) until the gap
   fills;
 - ``needs_snapshot``: the edge cannot continue from patches; the reason says why: ``startup``
   (no model yet), ``model-id``, ``gap`` (too many held patches), ``digest-mismatch`` (the ground's
-  base differs from ours), or a ``PatchError`` reason (the body does not decode);
-- ``rejected``: not acted on at all: ``unsigned`` / ``bad-signature`` (see auth) or
-  ``bad-version`` (version is not base_version + 1).
+  base differs from ours), ``diverged`` (a version not newer than the active one whose digest
+  is not the one the edge ran, or one it cannot know that lies more than
+  ``MAX_UNREQUESTED_JUMP`` behind: the ground's history is not ours, e.g. after a forged
+  snapshot pushed the edge to a high version), or a ``PatchError`` reason (the body does not
+  decode);
+- ``rejected``: not acted on at all: ``unsigned`` / ``bad-signature`` (see auth),
+  ``bad-version`` (version is not base_version + 1), or ``non-finite`` / ``out-of-range`` (the
+  result would hold a NaN or infinity, or a value beyond ``value_bound``: the model the edge
+  runs is intact, so it asks for nothing).
+
+What the edge does with a snapshot: with no model yet, or when it asked for one
+(``requested``), it activates any snapshot whose digest and values verify, at any version and
+of any model. An unrequested snapshot while a model runs is a resync of that model or nothing:
+``rejected`` with ``unrequested-model`` (another model id, parameter count or, as the caller
+judges, interface), ``stale`` (not newer than the active version) or ``version-jump`` (more than
+``MAX_UNREQUESTED_JUMP`` ahead). Rejected rather than asked for again: a refusal that made the
+edge ask would let anyone turn their next forged snapshot into a requested one. A snapshot
+that fails its digest or values is ``needs_snapshot`` (``digest-mismatch``, ``non-finite``,
+``out-of-range``, ``snapshot-format``).
+
+Without a key anyone can send a consistent forgery, so a forged model may run for a moment;
+these rules make sure it does not stay: the ground's next genuine patch either fails to apply
+or finds the edge ``diverged``, and the edge asks for the real model; and the ground, which sees
+the edge report a version or digest its mirror does not have, resends the mirror one version
+above the edge's (see ground_node), a snapshot the edge takes unasked.
 
 Not thread-safe: one caller (the node's patch callback) drives an EdgeModelState. The active
 vector is replaced, never modified, so a reader holding the previous one is unaffected.
@@ -25,6 +50,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -39,6 +65,21 @@ DUPLICATE = 'duplicate'
 OUT_OF_ORDER = 'out_of_order'
 NEEDS_SNAPSHOT = 'needs_snapshot'
 REJECTED = 'rejected'
+VALUE_REFUSALS = ('non-finite', 'out-of-range')  # a result no genuine ground produces
+
+# An unrequested snapshot may move the edge at most this many versions ahead: a resync of the
+# model it runs after lost patches (1000 phases of 10 s are 2.8 hours without a patch).
+MAX_UNREQUESTED_JUMP = 1000
+# Digests of the last versions the edge ran, to tell a redelivered patch (same digest) from
+# one of another history. A patch delayed further than this many versions costs a snapshot.
+DIGEST_HISTORY = 32
+# No parameter may exceed VALUE_BOUND_FACTOR * max(1, max |w0|), w0 the first model loaded.
+# An Adam step moves a weight by at most lr (1 - beta1) / sqrt(1 - beta2), 3.2 lr with the
+# default betas (Kingma & Ba, section 2.1), so 20 iterations per phase at lr 1e-3 move it by
+# at most 0.064 per phase: 1000 phases by 64, under 7% of the bound at its smallest (1000).
+# Reaching it takes over 15000 phases all pushing one weight the same way at Adam's ceiling,
+# while a float32 overflow (3e38) or an absurd forged weight is far beyond it.
+VALUE_BOUND_FACTOR = 1000.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +175,8 @@ class EdgeModelState:
         self._version: int | None = None
         self._vector: np.ndarray | None = None
         self._digest: bytes | None = None   # of the active vector, as verified
+        self._history: dict[int, bytes] = {}   # digest of each recent version run, oldest first
+        self._value_bound: float | None = None   # set by the first model
         self._pending: dict[int, PatchPayload] = {}   # by base_version
         self._counts: Counter[tuple[str, str]] = Counter()
 
@@ -152,9 +195,18 @@ class EdgeModelState:
         return self._digest
 
     @property
+    def value_bound(self) -> float | None:
+        """Largest |parameter| any later model may hold; None before the first model."""
+        return self._value_bound
+
+    @property
     def counts(self) -> dict[tuple[str, str], int]:
         """How often each (kind, reason) happened; each applied patch counts once."""
         return dict(self._counts)
+
+    def digest_of(self, version: int) -> bytes | None:
+        """Digest of a recent version this edge ran (None if it never ran it or forgot it)."""
+        return self._history.get(version)
 
     @property
     def pending_versions(self) -> tuple[int, ...]:
@@ -173,27 +225,54 @@ class EdgeModelState:
         if patch.model_id != self.model_id:
             return self._event(NEEDS_SNAPSHOT, 'model-id')
         if patch.version <= self._version:
-            return self._event(DUPLICATE)
+            recorded = self._history.get(patch.version)
+            if recorded == _as_bytes(patch.digest) or (
+                    recorded is None and self._version - patch.version <= MAX_UNREQUESTED_JUMP):
+                # A redelivery, or a version the edge skipped (e.g. a patch delayed past the
+                # snapshot that filled its gap): nothing to do.
+                return self._event(DUPLICATE)
+            return self._event(NEEDS_SNAPSHOT, 'diverged')
         if patch.base_version > self._version:
             if self._hold(patch):
                 return self._event(OUT_OF_ORDER)
             return self._event(NEEDS_SNAPSHOT, 'gap')
         return self._apply_chain(patch)
 
-    def load_snapshot(self, version: int, flat: np.ndarray, digest: bytes,
-                      model_id: str | None = None) -> Outcome:
-        """Make a whole vector active if its digest matches; then apply held successors.
+    def check_snapshot(self, version: int, flat: np.ndarray, digest: bytes,
+                       model_id: str | None = None, *, requested: bool = True,
+                       same_interface: bool = True) -> Outcome | None:
+        """Return the refusal `load_snapshot` would answer (and count it), else None.
 
-        A verified snapshot is authoritative: it replaces the active model whatever its version.
-        ``model_id``, when given, becomes the model id patches must carry from now on.
+        For a caller with work to do between the checks and the activation (DroneAgent
+        builds the model's runtime): ``load_snapshot`` with the same arguments then activates.
         """
-        if (not isinstance(flat, np.ndarray) or flat.dtype != FLAT_DTYPE or flat.ndim != 1
-                or flat.size == 0 or not _is_version(version)):
-            return self._event(NEEDS_SNAPSHOT, 'snapshot-format')
-        candidate = _owned_vector(flat)
-        if _as_bytes(digest) != vector_digest(candidate):
-            return self._event(NEEDS_SNAPSHOT, 'digest-mismatch')
-        self._version, self._vector, self._digest = int(version), candidate, _as_bytes(digest)
+        refusal = self._snapshot_refusal(version, flat, digest, model_id, requested,
+                                         same_interface)
+        return None if refusal is None else self._event(*refusal)
+
+    def load_snapshot(self, version: int, flat: np.ndarray, digest: bytes,
+                      model_id: str | None = None, *, requested: bool = True,
+                      same_interface: bool = True) -> Outcome:
+        """Make a whole vector active if it is acceptable; then apply held successors.
+
+        ``requested``: the edge asked for a snapshot and has not had one since (the default,
+        what callers before this argument did). See the module docstring for what an
+        unrequested snapshot must be; ``same_interface`` is the caller's verdict on whether
+        the snapshot's model has the running model's interface (a vector alone does not say).
+        ``model_id``, when given, must match for an unrequested snapshot, and becomes the
+        model id patches must carry from now on.
+        """
+        candidate = _owned_vector(flat) if _is_flat(flat) else flat
+        refusal = self.check_snapshot(version, candidate, digest, model_id, requested=requested,
+                                      same_interface=same_interface)
+        if refusal is not None:
+            return refusal
+        version = int(version)
+        if self._value_bound is None:
+            self._value_bound = VALUE_BOUND_FACTOR * max(1.0, _peak(candidate))
+        # Versions from the history this snapshot replaces are no longer ours.
+        self._history = {v: d for v, d in self._history.items() if v < version}
+        self._commit(version, candidate, _as_bytes(digest))
         if model_id is not None:
             self.model_id = model_id
         self._pending = {b: p for b, p in self._pending.items() if p.version > version}
@@ -202,14 +281,43 @@ class EdgeModelState:
         if successor is None:
             return Outcome(APPLIED, 'snapshot', self._version, (self._version,))
         outcome = self._apply_chain(successor)
-        return dataclasses.replace(outcome, applied_versions=(int(version),)
+        return dataclasses.replace(outcome, applied_versions=(version,)
                                    + outcome.applied_versions)
+
+    def _snapshot_refusal(self, version, flat, digest, model_id, requested,
+                          same_interface) -> tuple[str, str] | None:
+        if not (_is_flat(flat) and flat.size > 0 and _is_version(version)):
+            return NEEDS_SNAPSHOT, 'snapshot-format'
+        if self._vector is not None and not requested:
+            reason = self._unrequested_refusal(int(version), flat, model_id, same_interface)
+            if reason:
+                return REJECTED, reason
+        if _as_bytes(digest) != vector_digest(flat):
+            return NEEDS_SNAPSHOT, 'digest-mismatch'
+        reason = _value_refusal(flat, self._value_bound)
+        return (NEEDS_SNAPSHOT, reason) if reason else None
+
+    def _unrequested_refusal(self, version: int, flat: np.ndarray, model_id: str | None,
+                             same_interface: bool) -> str:
+        """'' if an unrequested snapshot may resync the running model, else why not."""
+        if version <= self._version:
+            return 'stale'
+        if version > self._version + MAX_UNREQUESTED_JUMP:
+            return 'version-jump'
+        if (model_id not in (None, self.model_id) or flat.size != self._vector.size
+                or not same_interface):
+            return 'unrequested-model'
+        return ''
 
     def _apply_chain(self, patch: PatchPayload) -> Outcome:
         """Apply a patch for the active version, then every held patch that now follows."""
         applied = []
         while patch is not None:
             reason = self._verify_and_commit(patch)
+            if reason in VALUE_REFUSALS:
+                # The model the edge runs is intact, and no ground sends such values: asking
+                # for a snapshot would only let any forged patch cost one.
+                return self._event(REJECTED, reason, applied)
             if reason:
                 return self._event(NEEDS_SNAPSHOT, reason, applied)
             self._counts[(APPLIED, '')] += 1
@@ -227,10 +335,18 @@ class EdgeModelState:
             return e.reason
         if _as_bytes(patch.digest) != vector_digest(candidate):
             return 'digest-mismatch'
+        reason = _value_refusal(candidate, self._value_bound)
+        if reason:
+            return reason
         candidate.flags.writeable = False
-        self._version, self._vector = patch.version, candidate
-        self._digest = _as_bytes(patch.digest)
+        self._commit(patch.version, candidate, _as_bytes(patch.digest))
         return ''
+
+    def _commit(self, version: int, vector: np.ndarray, digest: bytes) -> None:
+        self._version, self._vector, self._digest = version, vector, digest
+        self._history[version] = digest
+        if len(self._history) > DIGEST_HISTORY:
+            del self._history[min(self._history)]
 
     def _hold(self, patch: PatchPayload) -> bool:
         if patch.base_version not in self._pending and len(self._pending) >= self.max_pending:
@@ -241,6 +357,19 @@ class EdgeModelState:
     def _event(self, kind: str, reason: str = '', applied=()) -> Outcome:
         self._counts[(kind, reason)] += 1
         return Outcome(kind, reason, self._version, tuple(applied))
+
+
+def _value_refusal(vector: np.ndarray, bound: float | None) -> str:
+    """'' if every value is finite and within bound (None: no bound yet), else the reason."""
+    peak = _peak(vector)
+    if not math.isfinite(peak):
+        return 'non-finite'
+    return 'out-of-range' if bound is not None and peak > bound else ''
+
+
+def _peak(vector: np.ndarray) -> float:
+    """Largest |value|: NaN or infinity when any value is (np.max propagates NaN)."""
+    return float(np.max(np.abs(vector)))
 
 
 def _is_version(value) -> bool:
@@ -258,9 +387,13 @@ def _chains(patch) -> bool:
             and patch.version == patch.base_version + 1)
 
 
+def _is_flat(value) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype == FLAT_DTYPE and value.ndim == 1
+
+
 def _owned_vector(flat: np.ndarray) -> np.ndarray:
     """Copy into a private read-only vector (no caller can change an active or mirrored one)."""
-    if not isinstance(flat, np.ndarray) or flat.dtype != FLAT_DTYPE or flat.ndim != 1:
+    if not _is_flat(flat):
         raise ValueError(f'expected a 1-D {FLAT_DTYPE} vector')
     owned = flat.copy()
     owned.flags.writeable = False

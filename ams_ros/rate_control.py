@@ -95,6 +95,17 @@ class AdaptiveSamplingRate:
         if phi is not None:
             self._pending.append(float(phi))
 
+    def shift(self, offset: float) -> None:
+        """Move the stamp-time state by `offset` seconds (the drone's clock was re-anchored).
+
+        Stamps are only compared with each other, so from here on the controller acts as if
+        every stamp so far had been on the new clock: no restart, the δt grid carries on.
+        """
+        if self._newest is not None:
+            self._newest += offset
+        if self._next_update is not None:
+            self._next_update += offset
+
     def update(self, now: float) -> float | None:
         """Apply Eq. 1 if an update is due at stamp `now`; return the new rate, else None."""
         if self._next_update is None or now < self._next_update or not self._pending:

@@ -4,11 +4,16 @@ A snapshot is self-contained: the ONNX model with the current parameter values, 
 manifest (so later patches can be applied), class names, input size and normalisation, and the
 digest of the flat vector. The drone activates it only after `open_snapshot` has checked the
 tag, the model, the manifest's one-to-one mapping onto initializers, and the digest.
+
+`open_snapshot` also returns the model's `ModelInterface`: what the drone's callers see of it.
+A snapshot the drone did not ask for must keep the interface of the model it runs.
 """
 
 from __future__ import annotations
 
 import array
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,11 +59,51 @@ class SnapshotPayload:
                                           for p in self.parameters)
 
 
+# One graph input or output: name, ONNX element type, dims (int, or the name of a free dim).
+TensorSpec = tuple[str, int, tuple[int | str, ...]]
+
+
+@dataclass(frozen=True)
+class ModelInterface:
+    """A model as its callers see it: parameter layout, graph inputs and outputs, labels.
+
+    ``normalisation`` is (mean, std) on the 0..255 pixel scale, or None where it is not
+    known: an exported model file does not record it (it is part of the graph).
+    """
+
+    manifest: ParameterManifest
+    inputs: tuple[TensorSpec, ...]  # the graph's inputs that are not initializers
+    outputs: tuple[TensorSpec, ...]
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]  # (height, width)
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    def matches(self, other: ModelInterface) -> bool:
+        """Whether both describe the same interface; an unknown normalisation matches any."""
+        if self.normalisation is None or other.normalisation is None:
+            other = dataclasses.replace(other, normalisation=self.normalisation)
+        return self == other
+
+
+def model_interface(model, manifest: ParameterManifest, class_names, input_size,
+                    normalisation=None) -> ModelInterface:
+    """Return the interface of an ONNX model (an onnx.ModelProto) and its declared labels."""
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    return ModelInterface(
+        manifest=manifest,
+        inputs=tuple(_tensor_spec(v) for v in graph.input if v.name not in initializers),
+        outputs=tuple(_tensor_spec(v) for v in graph.output),
+        class_names=tuple(class_names), input_size=tuple(input_size),
+        normalisation=normalisation)
+
+
 @dataclass(frozen=True)
 class OpenedSnapshot:
     payload: SnapshotPayload
     manifest: ParameterManifest
     vector: np.ndarray
+    interface: ModelInterface
 
 
 def build_snapshot(*, client_id: str, model_id: str, version: int, writer: InitializerWriter,
@@ -97,12 +142,44 @@ def open_snapshot(payload: SnapshotPayload, key: bytes | None = None) -> OpenedS
         model = onnx.load_from_string(bytes(payload.model_data))
         check_initializers(model, manifest)
         vector = read_vector(model, manifest)
+        interface = model_interface(model, manifest, _class_names(payload.class_names),
+                                    _input_size(payload), (_finite_triplet(payload.mean),
+                                                           _finite_triplet(payload.std)))
     except Exception as e:  # noqa: BLE001 - protobuf and onnx raise many types on bad bytes
         raise SnapshotError('bad-model', f'{type(e).__name__}: {e}') from e
     if (not isinstance(payload.digest, _BYTES_LIKE)
             or vector_digest(vector) != bytes(payload.digest)):
         raise SnapshotError('digest-mismatch', 'the parameters do not match the digest')
-    return OpenedSnapshot(payload, manifest, vector)
+    return OpenedSnapshot(payload, manifest, vector, interface)
+
+
+def _tensor_spec(value) -> TensorSpec:
+    tensor = value.type.tensor_type
+    return (value.name, tensor.elem_type,
+            tuple(d.dim_param or d.dim_value for d in tensor.shape.dim))
+
+
+def _class_names(values) -> tuple[str, ...]:
+    names = tuple(values)
+    if not all(isinstance(name, str) for name in names):
+        raise TypeError('class names must be strings')
+    return names
+
+
+def _input_size(payload: SnapshotPayload) -> tuple[int, int]:
+    size = (payload.input_height, payload.input_width)
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+               for v in size):
+        raise ValueError(f'input size must be two positive integers, got {size!r}')
+    return int(size[0]), int(size[1])
+
+
+def _finite_triplet(values) -> tuple[float, float, float]:
+    # NaN would make an interface unequal to itself, so no snapshot could ever match it.
+    triplet = tuple(float(v) for v in values)
+    if len(triplet) != 3 or not all(math.isfinite(v) for v in triplet):
+        raise ValueError(f'mean and std need three finite values, got {triplet!r}')
+    return triplet
 
 
 def _float32_triplet(values) -> tuple[float, float, float]:

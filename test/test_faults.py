@@ -4,10 +4,11 @@ The real nodes run as separate processes over Fast DDS: the ground (synthetic te
 small student at 32x64, T_update 2.5 s), the drone, and between them the lossy relay
 (support/lossy_relay.py), which carries every patch, snapshot and uplink batch and applies
 each case's fault plan. This process is the camera (the synthetic flight, 5 frames/s) and the
-observer: it hears the ground's patches and snapshots before the relay does (the digest the
-ground computed for each version), the drone's masks, the relay's events and both nodes'
-/diagnostics. One system serves the cases in file order; the last three kill (SIGKILL) and
-restart nodes.
+observer: it reads every version and digest the ground produced from the ground's own log, which
+the ground writes before it sends each patch or snapshot (a subscription can miss the first
+messages of a restarted ground while discovery is still matching it), and it hears the drone's
+masks, the relay's events and both nodes' /diagnostics. One system serves the cases in file
+order; the last three kill (SIGKILL) and restart nodes.
 
 Every case writes a report (printed, and <case>.json in the module's tmp folder): frames in
 and masks out, patches and snapshots by outcome, the ground's batch counts and errors, what
@@ -37,7 +38,6 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
 from rclpy.qos import (  # noqa: E402
-    DurabilityPolicy,
     QoSProfile,
     ReliabilityPolicy,
     qos_profile_sensor_data,
@@ -46,7 +46,6 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 from support.processes import REPO, Children, spin_until  # noqa: E402
 
-from ams_msgs.msg import ModelPatch, ModelSnapshot  # noqa: E402
 from ams_ros.ground_client import StudentTemplate  # noqa: E402
 from ams_ros.manifest import vector_digest  # noqa: E402
 from ams_ros.ros.camera_node import stamp_to_msg  # noqa: E402
@@ -64,9 +63,12 @@ RECOVERY_S = 2 * T_UPDATE
 # Frames come every 0.2 s; the nodes share the test machine's cores (a ground starting up).
 MAX_MASK_GAP_S = 3.0
 TIMEOUT = 60.0  # for conditions that take a few update periods on a quiet machine
+# The cases force many snapshots in a few minutes (every damaged or lost patch costs one) on a
+# link with T_update 2.5 s: the snapshot budget is sized for that link, not a 1 Mbit/s one, and
+# its back-off starts at a fifth of T_update (test_hostile checks the default budget).
+FAST_LINK_SNAPSHOTS = {'snapshot_budget.kbps': 20_000.0, 'snapshot_budget.burst': 10.0,
+                       'snapshot_budget.backoff_min_s': 0.5}
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-LATCHED = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
 DRONE_DIAGNOSTICS, GROUND_DIAGNOSTICS = 'ams_drone: drone', 'ams_ground: drone'
 LINKED = ('ams/patch', 'ams/snapshot', 'ams/frames')  # the drone's topics the relay carries
 # What a node logs once it is up: the ground serving the drone, the drone running.
@@ -94,17 +96,23 @@ def outcomes(values, prefix) -> Counter:
     return Counter({k[len(prefix):]: number(values, k) for k in values if k.startswith(prefix)})
 
 
+# What the ground logs before it sends a model to the drone: "'drone' v<version> (<digest>): ...".
+PRODUCED = re.compile(r"\[ams_ground\]: 'drone' v(\d+) \(([0-9a-f]{64})\)")
+
+
 class Observer:
-    """What this process hears: the ground's model stream, the drone's masks and reports.
+    """What the grounds produced (their logs), the drone's masks and both nodes' reports.
 
     Messages of a killed node can still wait in this process's queues when its successor
     starts, so each message is attributed by its publisher: a killed node's are retired.
     """
 
-    def __init__(self, node, template_digest: str):
+    def __init__(self, node, template_digest: str, folder):
         self.template = (1, template_digest)
-        self.ground_sent = {self.template}  # (version, digest): what the ground computed
+        self.folder = folder
+        self.ground_sent = {self.template}  # (version, digest): what the grounds computed
         self.ground_latest = self.template
+        self.ground_log = None  # the current ground's
         self.drone_ran = {}  # (version, digest) -> when the drone first reported it
         self.reports = []  # (time, values, in sync with the ground) of the current drone
         self.ground = {}  # the current ground's latest report on the drone
@@ -112,8 +120,6 @@ class Observer:
         self.events = []  # the relay's
         self.publishers = {'ground': set(), 'drone': set()}  # of the current ones
         self.retired = set()  # publishers of killed nodes
-        node.create_subscription(ModelPatch, '/ams/patch', self._on_model, RELIABLE)
-        node.create_subscription(ModelSnapshot, '/ams/snapshot', self._on_model, LATCHED)
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
                                  RELIABLE)
         self.mask_sub = node.create_subscription(Image, '/ams_drone/mask', self._on_mask,
@@ -130,11 +136,13 @@ class Observer:
         self.publishers[node].add(publisher)
         return True
 
-    def _on_model(self, msg, info) -> None:
-        sent = (int(msg.version), bytes(msg.digest).hex())
-        self.ground_sent.add(sent)
-        if self._current('ground', info):
-            self.ground_latest = sent
+    def read_ground_logs(self) -> None:
+        """Take in every model the grounds logged; the current ground's last one is its latest."""
+        for log in sorted(self.folder.glob('ground_*.log')):
+            produced = [(int(v), digest) for v, digest in PRODUCED.findall(log.read_text())]
+            self.ground_sent.update(produced)
+            if log == self.ground_log and produced:
+                self.ground_latest = produced[-1]
 
     def _on_mask(self, _msg, info) -> None:
         if self._current('drone', info):
@@ -145,6 +153,7 @@ class Observer:
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
             if status.name == DRONE_DIAGNOSTICS:
+                self.read_ground_logs()  # what the drone runs was logged before it was sent
                 running = (number(values, 'verified_version'), values['verified_digest'])
                 self.drone_ran.setdefault(running, now)
                 if self._current('drone', info):
@@ -163,13 +172,14 @@ class Observer:
         self.publishers['drone'] = set()
         self.reports, self.masks = [], []
 
-    def new_ground(self) -> None:
+    def new_ground(self, log) -> None:
         """Start over with a ground that runs the template and has heard of no drone yet."""
         self.retired |= self.publishers['ground']
         self.publishers['ground'] = set()
-        self.ground_latest, self.ground = self.template, {}
+        self.ground_latest, self.ground, self.ground_log = self.template, {}, log
 
     def mirror_violations(self) -> list:
+        self.read_ground_logs()
         return sorted(pair for pair in self.drone_ran if pair not in self.ground_sent)
 
 
@@ -212,9 +222,9 @@ class System:
                 'teacher.seed': SEED, 'teacher.start_s': START, 'teacher.duration_s': 900.0,
                 'trainer.iterations': 4, 'trainer.batch_size': 4, 'trainer.horizon_s': 20.0,
                 'asr.initial_rate': 2.0, 'asr.rate_min': 2.0, 'asr.rate_max': 2.0,
-                'atr.period_min': T_UPDATE, 'discovery_period': 0.5, 'status_period': 0.5},
-                log_name=log)
-            self.observer.new_ground()
+                'atr.period_min': T_UPDATE, 'discovery_period': 0.5, 'status_period': 0.5,
+                **FAST_LINK_SNAPSHOTS}, log_name=log)
+            self.observer.new_ground(self.folder / f'{log}.log')
         elif name == 'drone':
             self.children.node('ams_drone', 'drone_node', {
                 'model_path': str(self.onnx), 'ort.threads': 1, 'uplink.preset': 'ultrafast',
@@ -303,7 +313,7 @@ def system(tmp_path_factory):
         template = StudentTemplate.from_model(build_student(ARCH, len(CLASS_NAMES)), ARCH,
                                               CLASS_NAMES, InputSpec(HEIGHT, WIDTH))
         system.onnx.write_bytes(template.onnx_bytes)
-        system.observer = Observer(node, vector_digest(template.initial_vector).hex())
+        system.observer = Observer(node, vector_digest(template.initial_vector).hex(), folder)
         system.camera = Camera(node)
         system.start('ground')
         system.start('drone')

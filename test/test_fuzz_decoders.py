@@ -71,8 +71,9 @@ KEY = b'fuzzing key of at least 32 bytes'
 PATCH_REASONS = {'malformed', 'num-params', 'unknown-codec', 'corrupt-data', 'too-large',
                  'index-format', 'index-range', 'count-mismatch', 'value-format', 'non-finite'}
 OUTCOME_REASONS = {
-    NEEDS_SNAPSHOT: {'startup', 'model-id', 'gap', 'digest-mismatch'} | PATCH_REASONS,
-    REJECTED: {'unsigned', 'bad-signature', 'bad-version'},
+    NEEDS_SNAPSHOT: {'startup', 'model-id', 'gap', 'digest-mismatch', 'diverged'}
+    | PATCH_REASONS - {'non-finite'},
+    REJECTED: {'unsigned', 'bad-signature', 'bad-version', 'non-finite', 'out-of-range'},
 }
 SNAPSHOT_REASONS = {'unsigned', 'bad-signature', 'unknown-format', 'bad-manifest', 'bad-model',
                     'digest-mismatch'}

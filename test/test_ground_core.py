@@ -161,6 +161,27 @@ def test_phi_weighted_gives_changing_scenes_more_phases(template):
     assert counts['busy'] > 2 * counts['calm'] > 0
 
 
+def test_phi_weighted_phase_output_belongs_to_the_drone_it_was_scheduled_for(template):
+    """One decision per phase: the patch comes from the mirror of the drone returned with it.
+
+    Credit is charged once per phase, so with a busy and a calm drone waiting the busy one
+    trains and its own mirror (and only its own) moves on.
+    """
+    rng = np.random.default_rng(7)
+    server = make_server(template, 'phi_weighted')
+    for step in range(3):
+        server.add_frames('calm', random_frames(rng, 1) * 0, [float(step)])
+        server.add_frames('busy', random_frames(rng, 1), [float(step)])
+    versions = {cid: server.client(cid).mirror.version for cid in ('calm', 'busy')}
+    for _ in range(2):
+        client_id, output = server.train_next()
+        assert output.patch.client_id == client_id
+        assert output.patch.version == server.client(client_id).mirror.version
+        versions[client_id] += 1
+        assert {cid: server.client(cid).mirror.version for cid in versions} == versions
+    assert server.train_next() is None
+
+
 def test_clients_come_and_go(template):
     rng = np.random.default_rng(6)
     server = make_server(template, 'round_robin')

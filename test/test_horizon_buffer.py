@@ -94,3 +94,44 @@ def test_rejects_malformed_frames():
         buffer.add(0.0, frame(), label()[..., None])
     with pytest.raises(ValueError):
         HorizonBuffer(horizon_s=0.0)
+
+
+@pytest.mark.parametrize('offset', [1.7e9, -95.0])
+def test_shift_moves_every_frame_onto_the_new_clock(offset):
+    buffer = HorizonBuffer(horizon_s=10.0)
+    for t in (100.0, 103.0, 106.0, 109.0):
+        buffer.add(t, frame(int(t)), label(int(t) % 7))
+    before = buffer.window()
+    buffer.shift(offset)
+    after = buffer.window()
+    assert len(buffer) == 4 and buffer.newest_stamp == 109.0 + offset
+    assert [item.stamp for item in after] == [item.stamp + offset for item in before]
+    for old, new in zip(before, after, strict=True):
+        assert new.frame is old.frame and new.label is old.label
+    # The horizon carries on from the shifted newest stamp.
+    assert buffer.add(112.0 + offset, frame(), label())
+    assert stamps_of(buffer.window()) == [t + offset for t in (103.0, 106.0, 109.0, 112.0)]
+    assert not buffer.add(100.0 + offset, frame(), label())  # now older than the horizon
+
+
+def test_shift_of_an_empty_buffer_and_bad_offsets():
+    buffer = HorizonBuffer()
+    buffer.shift(5.0)
+    assert len(buffer) == 0 and buffer.newest_stamp is None
+    buffer.add(1.0, frame(), label())
+    for bad in (float('nan'), float('inf')):
+        with pytest.raises(ValueError):
+            buffer.shift(bad)
+    assert stamps_of(buffer.window()) == [1.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(centis=st.lists(st.integers(0, 100_000), min_size=1, max_size=30, unique=True),
+       offset=st.floats(-2.0**31, 2.0**31))
+def test_shift_keeps_the_training_window(centis, offset):
+    buffer = HorizonBuffer(horizon_s=100.0)
+    for t in centis:  # frames at least 10 ms apart, stamps in ROS's range
+        buffer.add(t / 100, frame(), label())
+    before = stamps_of(buffer.window())
+    buffer.shift(offset)
+    assert stamps_of(buffer.window()) == pytest.approx([t + offset for t in before])

@@ -6,10 +6,13 @@ import pytest
 from ams_ros.manifest import vector_digest
 from ams_ros.model_version import (
     APPLIED,
+    DIGEST_HISTORY,
     DUPLICATE,
+    MAX_UNREQUESTED_JUMP,
     NEEDS_SNAPSHOT,
     OUT_OF_ORDER,
     REJECTED,
+    VALUE_BOUND_FACTOR,
     EdgeModelState,
     GroundMirror,
     PatchPayload,
@@ -32,6 +35,12 @@ def pair(version=7, key=None, max_pending=4, fmt=DEFAULT_FORMAT):
     edge = EdgeModelState(MODEL, key=key, max_pending=max_pending)
     assert edge.load_snapshot(version, start, vector_digest(start)).kind == APPLIED
     return ground, edge
+
+
+def with_value(vector, index, value):
+    changed = vector.copy()
+    changed[index] = value
+    return changed
 
 
 def next_patch(ground, seed, value_mode=None):
@@ -231,3 +240,151 @@ def test_payload_maps_one_to_one_onto_the_model_patch_message():
     ground, _ = pair()
     patch = next_patch(ground, 0)
     assert patch.nbytes > len(patch.index_data) + len(patch.value_data) + 32
+
+
+# -- divergence: a redelivery carries the digest the edge recorded for its version -------------
+
+def test_an_old_version_is_a_duplicate_only_with_the_digest_the_edge_ran():
+    ground, edge = pair()
+    first = next_patch(ground, 0)
+    edge.offer(first)
+    edge.offer(next_patch(ground, 1))
+    active = edge.vector
+    assert edge.offer(first).kind == DUPLICATE   # an exact redelivery of an older version
+    outcome = edge.offer(dataclasses.replace(first, digest=bytes(32)))
+    assert (outcome.kind, outcome.reason) == (NEEDS_SNAPSHOT, 'diverged')
+    assert edge.version == 9 and edge.vector is active
+    assert edge.counts[(DUPLICATE, '')] == 1 and edge.counts[(NEEDS_SNAPSHOT, 'diverged')] == 1
+
+
+def test_versions_the_edge_no_longer_remembers_are_stale_unless_far_behind():
+    ground, edge = pair()
+    patches = [next_patch(ground, seed) for seed in range(DIGEST_HISTORY + 2)]
+    assert all(edge.offer(p).kind == APPLIED for p in patches)
+    # The last DIGEST_HISTORY versions run are remembered and checked by digest.
+    assert edge.offer(patches[-DIGEST_HISTORY]).kind == DUPLICATE
+    forged = dataclasses.replace(patches[-DIGEST_HISTORY], digest=bytes(32))
+    assert edge.offer(forged).reason == 'diverged'
+    # An older one cannot be vouched for, but a few versions behind it is only late.
+    assert edge.offer(patches[-DIGEST_HISTORY - 1]).kind == DUPLICATE
+    # Far behind a version it runs, a patch it cannot know is another history.
+    assert edge.load_snapshot(5000, ground.vector, ground.digest, MODEL,
+                              requested=True).kind == APPLIED
+    far = dataclasses.replace(patches[0], base_version=5000 - MAX_UNREQUESTED_JUMP - 2,
+                              version=5000 - MAX_UNREQUESTED_JUMP - 1)
+    assert edge.offer(far).reason == 'diverged'
+
+
+def test_a_patch_delayed_past_the_snapshot_that_skipped_it_is_stale():
+    ground, edge = pair()
+    delayed, following = next_patch(ground, 0), next_patch(ground, 1)
+    assert edge.offer(following).kind == OUT_OF_ORDER   # the gap: the edge asks for a snapshot
+    assert edge.load_snapshot(ground.version, ground.vector, ground.digest, MODEL,
+                              requested=True).kind == APPLIED
+    assert edge.offer(delayed).kind == DUPLICATE   # never run, and not needed any more
+
+
+def test_an_edge_pushed_to_a_forged_high_version_notices_the_grounds_patches():
+    ground, edge = pair()
+    forged = initial(seed=3)
+    # Without a key a forger may answer a request first: the edge runs its model a moment.
+    outcome = edge.load_snapshot(2**62, forged, vector_digest(forged), MODEL, requested=True)
+    assert outcome.kind == APPLIED and edge.version == 2**62
+    for seed in range(3):   # the ground's real patches: versions the edge never ran
+        outcome = edge.offer(next_patch(ground, seed))
+        assert (outcome.kind, outcome.reason) == (NEEDS_SNAPSHOT, 'diverged')
+        assert edge.vector.tobytes() == forged.tobytes()
+    # It asks, and the ground's model (at the ground's version) replaces the forgery.
+    outcome = edge.load_snapshot(ground.version, ground.vector, ground.digest, MODEL,
+                                 requested=True)
+    assert outcome.applied_versions == (10,)
+    assert edge.offer(next_patch(ground, 3)).applied_versions == (11,)
+    assert edge.vector.tobytes() == ground.vector.tobytes()
+
+
+# -- snapshots: unrequested ones only resync the running model ---------------------------------
+
+def test_an_unrequested_snapshot_must_be_the_running_model_a_little_newer():
+    ground, edge = pair()
+    active = edge.vector
+
+    def offer(version, vector=active, **changes):
+        return edge.load_snapshot(version, vector, vector_digest(vector),
+                                  changes.pop('model_id', MODEL), requested=False, **changes)
+
+    refused = {
+        'stale': [offer(7), offer(6), offer(0)],
+        'version-jump': [offer(7 + MAX_UNREQUESTED_JUMP + 1), offer(2**62)],
+        'unrequested-model': [offer(8, model_id='other'), offer(8, initial()[:-1]),
+                              offer(8, same_interface=False)],
+    }
+    for reason, outcomes in refused.items():
+        assert {(o.kind, o.reason) for o in outcomes} == {(REJECTED, reason)}
+        assert edge.counts[(REJECTED, reason)] == len(outcomes)
+    assert edge.version == 7 and edge.vector is active
+    # A resync of the same model one or MAX_UNREQUESTED_JUMP versions ahead is taken.
+    assert offer(8).applied_versions == (8,)
+    assert offer(8 + MAX_UNREQUESTED_JUMP).applied_versions == (8 + MAX_UNREQUESTED_JUMP,)
+    assert edge.model_id == MODEL
+
+
+def test_a_requested_or_first_snapshot_may_be_any_version_of_any_model():
+    edge = EdgeModelState(MODEL)
+    first = initial()
+    assert edge.load_snapshot(2**62, first, vector_digest(first), requested=False).kind \
+        == APPLIED
+    other = initial(seed=4)[:500]
+    outcome = edge.load_snapshot(3, other, vector_digest(other), 'new-model', requested=True,
+                                 same_interface=False)
+    assert outcome.applied_versions == (3,)
+    assert (edge.model_id, edge.vector.size) == ('new-model', 500)
+
+
+# -- values: nothing non-finite or absurdly large is activated ---------------------------------
+
+@pytest.mark.parametrize('value, reason', [(np.nan, 'non-finite'), (np.inf, 'non-finite'),
+                                           (-np.inf, 'non-finite'), (3e38, 'out-of-range'),
+                                           (-3e38, 'out-of-range')])
+def test_a_snapshot_with_absurd_values_is_refused(value, reason):
+    ground, edge = pair()
+    active = edge.vector
+    bad = with_value(ground.vector, 5, value)
+    for requested in (True, False):
+        outcome = edge.load_snapshot(8, bad, vector_digest(bad), MODEL, requested=requested)
+        assert (outcome.kind, outcome.reason) == (NEEDS_SNAPSHOT, reason)
+    assert edge.version == 7 and edge.vector is active
+
+
+def test_a_first_snapshot_with_non_finite_values_is_refused():
+    edge = EdgeModelState(MODEL)
+    bad = with_value(initial(), 0, np.nan)
+    outcome = edge.load_snapshot(1, bad, vector_digest(bad))
+    assert (outcome.kind, outcome.reason) == (NEEDS_SNAPSHOT, 'non-finite')
+    assert edge.vector is None and edge.value_bound is None
+
+
+def test_the_value_bound_comes_from_the_first_model():
+    ground, edge = pair()   # its largest |value| is under 1
+    assert edge.value_bound == VALUE_BOUND_FACTOR
+    for value, kind in ((0.99 * VALUE_BOUND_FACTOR, APPLIED), (1.01 * VALUE_BOUND_FACTOR,
+                                                                 NEEDS_SNAPSHOT)):
+        vector = with_value(ground.vector, 3, value)
+        assert edge.load_snapshot(8, vector, vector_digest(vector)).kind == kind
+    assert edge.value_bound == VALUE_BOUND_FACTOR   # later models do not move it
+    large = initial() * 100
+    edge = EdgeModelState(MODEL)
+    edge.load_snapshot(1, large, vector_digest(large))
+    assert edge.value_bound == VALUE_BOUND_FACTOR * float(np.abs(large).max())
+
+
+def test_a_patch_with_absurd_values_is_rejected_and_asks_for_nothing():
+    raw = PatchFormat(value_mode='fp32', compressors=('none',), shuffle=(False,))
+    ground, edge = pair(fmt=raw)
+    active = edge.vector
+    too_large = ground.make_patch(np.array([0, 1]), np.array([3e38, 1.0], np.float32))
+    outcome = edge.offer(too_large)   # finite, and its digest is consistent
+    assert (outcome.kind, outcome.reason) == (REJECTED, 'out-of-range')
+    nan_values = np.array([np.nan, 1.0], '<f4').tobytes()
+    outcome = edge.offer(dataclasses.replace(too_large, value_data=nan_values))
+    assert (outcome.kind, outcome.reason) == (REJECTED, 'non-finite')
+    assert edge.version == 7 and edge.vector is active

@@ -276,10 +276,12 @@ def test_drone_refuses_huge_images_and_follows_a_resolution_change(system):
     node, processes = system
     masks, diagnostics, uplink = [], [], []
     node.create_subscription(Image, '/t1/ams_drone/mask', masks.append, RELIABLE)
-    node.create_subscription(M.FrameBatch, '/t1/ams/frames', uplink.append, RELIABLE)
+    frames = node.create_subscription(M.FrameBatch, '/t1/ams/frames', uplink.append, RELIABLE)
     node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
     camera = node.create_publisher(Image, '/t1/camera/image_raw', qos_profile_sensor_data)
+    # The batch this test waits for is sent once: its subscription must match first.
     assert spin_until(node, lambda: camera.get_subscription_count() > 0
+                      and frames.get_publisher_count() > 0
                       and node.count_publishers('/t1/ams_drone/mask') > 0, 30), \
         logs(processes)
 

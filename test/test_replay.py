@@ -19,7 +19,6 @@ rclpy = pytest.importorskip('rclpy')
 pytest.importorskip('rosbags')
 pytest.importorskip('torch')
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from rosbags.highlevel import AnyReader  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from support.processes import Children, spin_until  # noqa: E402
 
@@ -209,10 +208,9 @@ def test_bag_into_drone_and_ground_adapts_and_beats_no_update(adapted_run):
 
 def test_recorded_model_traffic_replays_deterministically(tmp_path, adapted_run, ros):
     summary, traffic, onnx, _, _ = adapted_run
-    with AnyReader([traffic], default_typestore=bag.typestore()) as reader:
-        versions = {c.topic: [reader.deserialize(raw, c.msgtype).version
-                              for c, _, raw in reader.messages(connections=[c])]
-                    for c in reader.connections if c.topic in ('/ams/patch', '/ams/snapshot')}
+    versions = {}
+    for topic, _, msg in bag.read_messages(traffic, ['/ams/patch', '/ams/snapshot']):
+        versions.setdefault(topic, []).append(msg.version)
     patches = len(versions['/ams/patch'])
     assert patches >= 2
     final = max(versions['/ams/patch'] + versions.get('/ams/snapshot', []))

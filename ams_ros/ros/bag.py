@@ -2,13 +2,16 @@
 
     ams bag record-synthetic flight --seed 1003 --duration 60 --fps 5  # mcap; --storage sqlite3
     ams bag play flight --rate 1 --loop --start-offset 10              # publishes /clock too
+    ams bag info flight                                                # topics, counts, times
     ams bag record traffic --topics /ams/patch /ams/snapshot           # until Ctrl-C
 
 Bags use the standard rosbag2 layout (metadata.yaml, standard type names, offered QoS profiles),
 so `ros2 bag play` and `ros2 bag info` read them on a real ROS machine, and these tools read bags
-that `ros2 bag record` wrote. The player publishes each message's raw CDR bytes at its original
-log time (scaled by --rate); nodes started with `use_sim_time:=true` follow the bag's /clock.
-Types that the standard type store lacks (ams_msgs) are registered from the installed .msg files.
+that `ros2 bag record` of any release wrote (bag_reader.py). The player publishes each message's
+raw CDR bytes at its original log time (scaled by --rate); nodes started with
+`use_sim_time:=true` follow the bag's /clock. Topics whose type is not installed are skipped,
+each named once. Recorded QoS only advises the player's QoS. Types that the standard type store
+lacks (ams_msgs) are registered from the installed .msg files.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ams_ros.ros.bag_reader import BagError, BagReader
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 CLOCK_TYPE = 'rosgraph_msgs/msg/Clock'
@@ -73,6 +78,23 @@ def rclpy_type(msgtype: str):
     return getattr(importlib.import_module(f'{package}.msg'), name)
 
 
+def installed_type(msgtype: str):
+    """Return the rclpy message class of msgtype, or None where it is not installed."""
+    try:
+        return rclpy_type(msgtype)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def read_messages(path: str | Path, topics=()):
+    """Yield (topic, log time in ns, decoded message) of a bag's `topics` (default: all)."""
+    with BagReader(path) as reader:
+        chosen = [t for t in reader.topics if not topics or t.name in topics]
+        store = typestore(*{t.msgtype for t in chosen})
+        for topic, log_ns, data in reader.messages(chosen):
+            yield topic.name, log_ns, store.deserialize_cdr(data, topic.msgtype)
+
+
 # -- QoS ---------------------------------------------------------------------------------------
 
 def bag_qos(reliable: bool, transient_local: bool = False, depth: int = 10):
@@ -96,18 +118,19 @@ def bag_qos(reliable: bool, transient_local: bool = False, depth: int = 10):
 def playback_qos(offered):
     """Return the rclpy QoS to republish a topic recorded with these offered profiles.
 
-    As ros2 bag play does: reliable only if every recorder saw a reliable publisher, transient
-    local only if every one was; the default is reliable, volatile.
+    `offered`: bag_reader.OfferedQos advice, or None when the bag holds none that parses. As ros2
+    bag play does: best effort if a recorded publisher offered it, transient local only if every
+    one did; without advice reliable, volatile, depth 10 (what every subscriber can match).
     """
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-    names = [(q.reliability.name, q.durability.name) for q in offered]
-    reliable = all(r == 'RELIABLE' for r, _ in names)
-    latched = bool(names) and all(d == 'TRANSIENT_LOCAL' for _, d in names)
+    offered = offered or ()
+    best_effort = any(q.reliability == 'best_effort' for q in offered)
+    latched = bool(offered) and all(q.durability == 'transient_local' for q in offered)
     depth = max([q.depth for q in offered] + [1]) if offered else 10
     return QoSProfile(depth=depth,
-                      reliability=(ReliabilityPolicy.RELIABLE if reliable
-                                   else ReliabilityPolicy.BEST_EFFORT),
+                      reliability=(ReliabilityPolicy.BEST_EFFORT if best_effort
+                                   else ReliabilityPolicy.RELIABLE),
                       durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
                                   else DurabilityPolicy.VOLATILE))
 
@@ -168,39 +191,39 @@ def record_synthetic(path: str | Path, seed: int = 1003, duration: float = 60.0,
 # -- play --------------------------------------------------------------------------------------
 
 class BagPlayer:
-    """Publish a bag's messages at their recorded pace from a node (raw CDR, no decoding)."""
+    """Publish a bag's messages at their recorded pace from a node (raw CDR, no decoding).
+
+    Topics whose type is not installed are skipped, each named once on stderr with its message
+    count. A bag with messages none of which can be played raises BagError with the reason.
+    """
 
     def __init__(self, node, path: str | Path, rate: float = 1.0, loop: bool = False,
                  start_offset: float = 0.0, topics=None, clock: bool = True,
                  clock_hz: float = 40.0, remap: dict[str, str] | None = None):
-        from rosbags.rosbag2 import Reader
-
         if rate <= 0:
             raise ValueError(f'rate must be > 0, got {rate}')
         self.node, self.rate, self.loop = node, rate, loop
-        self.reader = Reader(Path(path))
-        self.reader.open()
-        topics = {t if t.startswith('/') else '/' + t for t in topics or ()}
+        self.bag = BagReader(path)
+        wanted = {_absolute(t) for t in topics or ()}
         remap = remap or {}
         self.publishers = {}
-        self.connections = []
-        for conn in self.reader.connections:
-            if topics and conn.topic not in topics:
+        for topic in self.bag.topics:
+            if wanted and topic.name not in wanted:
                 continue
-            if conn.topic not in self.publishers:
-                try:
-                    msg_type = rclpy_type(conn.msgtype)
-                except (ImportError, AttributeError):
-                    print(f'skipping {conn.topic}: no Python type {conn.msgtype} here',
-                          file=sys.stderr)
-                    continue
-                self.publishers[conn.topic] = node.create_publisher(
-                    msg_type, remap.get(conn.topic, conn.topic),
-                    playback_qos(conn.ext.offered_qos_profiles))
-            self.connections.append(conn)
-        if not self.connections:
-            raise ValueError(f'no topics to play in {path} (asked for {sorted(topics)})')
-        self.start_ns = self.reader.start_time + int(start_offset * 1e9)
+            msg_type = installed_type(topic.msgtype)
+            if msg_type is None:
+                print(f'skipping {topic.name}: type {topic.msgtype} is not installed '
+                      f'({topic.count} messages)', file=sys.stderr)
+                continue
+            self.publishers[topic.name] = node.create_publisher(
+                msg_type, remap.get(topic.name, topic.name), playback_qos(topic.qos))
+        self.playing = [t for t in self.bag.topics if t.name in self.publishers]
+        self.playable = sum(t.count for t in self.playing)
+        if self.bag.message_count and not self.playable:
+            self.bag.close()
+            raise BagError(f'nothing to play in {path}: {self._why_nothing(wanted)}')
+        self.start_ns = (None if self.bag.start_ns is None
+                         else self.bag.start_ns + int(start_offset * 1e9))
         self.clock_pub = None
         if clock:
             from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -209,11 +232,13 @@ class BagPlayer:
                 rclpy_type(CLOCK_TYPE), '/clock',
                 QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
         self.clock_period = 1.0 / clock_hz if clock and clock_hz > 0 else None
-        self.published = 0
+        self.published = dict.fromkeys(self.publishers, 0)
         self.stop_event = threading.Event()
 
     def wait_for_subscribers(self, topics, timeout: float = 30.0) -> bool:
         """Wait until each of `topics` (as recorded) has a matched subscriber."""
+        if unplayed := [t for t in topics if t not in self.publishers]:
+            raise BagError(f'cannot wait for {unplayed}: the player does not publish them')
         deadline = time.monotonic() + timeout
         for topic in topics:
             while self.publishers[topic].get_subscription_count() < 1:
@@ -230,16 +255,31 @@ class BagPlayer:
             self._play_once()
             if not self.loop:
                 break
-        return self.published
+        return sum(self.published.values())
+
+    def summary(self) -> str:
+        """Per topic of the bag: messages in the bag, messages published."""
+        rows = [('topic', 'in bag', 'published')] + [
+            (t.name, t.count, self.published.get(t.name, 0)) for t in self.bag.topics]
+        width = max(len(name) for name, _, _ in rows)
+        return '\n'.join(f'{name:<{width}}  {count:>8}  {sent:>9}' for name, count, sent in rows)
 
     def close(self) -> None:
-        self.reader.close()
+        self.bag.close()
+
+    def _why_nothing(self, wanted) -> str:
+        chosen = [t for t in self.bag.topics if not wanted or t.name in wanted]
+        if not chosen:
+            return f'it has none of the topics {sorted(wanted)}'
+        missing = sorted({t.msgtype for t in chosen if t.name not in self.publishers})
+        if missing:
+            return f'no message of an installed type (not installed: {", ".join(missing)})'
+        return 'the chosen topics hold no messages'
 
     def _play_once(self) -> None:
         wall0 = time.monotonic()
         first_ns = None
-        for conn, log_ns, data in self.reader.messages(connections=self.connections,
-                                                       start=self.start_ns):
+        for topic, log_ns, data in self.bag.messages(self.playing, start=self.start_ns):
             first_ns = log_ns if first_ns is None else first_ns
             due = wall0 + (log_ns - first_ns) * 1e-9 / self.rate
             while True:  # wait for the message's time, ticking /clock meanwhile
@@ -251,8 +291,8 @@ class BagPlayer:
                                                                        due - now)
                 if self.stop_event.wait(step):
                     return
-            self.publishers[conn.topic].publish(bytes(data))
-            self.published += 1
+            self.publishers[topic.name].publish(bytes(data))
+            self.published[topic.name] += 1
 
     def _publish_clock(self, ns: int, limit_ns: int) -> None:
         if self.clock_pub is None:
@@ -278,7 +318,7 @@ class BagRecorder:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         self.node = node
-        self.topics = [t if t.startswith('/') else '/' + t for t in topics]
+        self.topics = [_absolute(t) for t in topics]
         self.store = typestore()
         self.writer = Writer(Path(path), version=Writer.VERSION_LATEST,
                              storage_plugin=StoragePlugin[storage.upper()])
@@ -398,9 +438,15 @@ def _play(args) -> int:
         player = BagPlayer(node, args.bag, rate=args.rate, loop=args.loop,
                            start_offset=args.start_offset, topics=args.topics or None,
                            clock=not args.no_clock, clock_hz=args.clock_hz, remap=remap)
+        try:
+            return play(player, stop)
+        finally:
+            player.close()
+
+    def play(player, stop):
         threading.Thread(target=lambda: (stop.wait(), player.stop_event.set()),
                          daemon=True).start()
-        wait_for = [t if t.startswith('/') else '/' + t for t in args.wait_for]
+        wait_for = [_absolute(t) for t in args.wait_for]
         if wait_for:
             if not player.wait_for_subscribers(wait_for, args.wait_timeout):
                 print(f'no subscriber on {args.wait_for} within {args.wait_timeout} s',
@@ -413,12 +459,64 @@ def _play(args) -> int:
         if args.delay > 0 and stop.wait(args.delay):
             return 0
         count = player.play()
-        player.close()
+        interrupted = player.stop_event.is_set()
+        print(player.summary())
         print(f'played {count} messages from {args.bag}')
         stop.set()
+        if player.playable and not count and not interrupted:  # never a silent empty play
+            raise BagError(f'played none of the {player.playable} messages of installed types'
+                           + (f' from --start-offset {args.start_offset:g} s on'
+                              if args.start_offset else ''))
         return 0
 
     return _run_node('ams_bag_player', args, run)
+
+
+def _info(args) -> int:
+    with BagReader(args.bag) as reader:
+        print(describe(reader))
+    return 0
+
+
+def describe(reader: BagReader) -> str:
+    """Summarise a bag in the layout of `ros2 bag info`, with its rosbag2 version."""
+    fields = [('Files', '\n'.join(f.name for f in reader.files)),
+              ('Bag size', _size(reader.size)),
+              ('Storage id', reader.storage),
+              ('rosbag2 version', reader.version),
+              ('ROS Distro', reader.ros_distro or 'unknown'),
+              ('Compression', f'zstd ({reader.compression})' if reader.compression else 'none')]
+    if reader.start_ns is not None:
+        fields += [('Duration', _seconds(reader.end_ns - reader.start_ns) + 's'),
+                   ('Start', _time(reader.start_ns)),
+                   ('End', _time(reader.end_ns))]
+    fields.append(('Messages', reader.message_count))
+    topics = [f'Topic: {t.name} | Type: {t.msgtype} | Count: {t.count} | '
+              f'Serialization Format: {t.serialization_format}' for t in reader.topics]
+    fields.append(('Topic information', '\n'.join(topics)))
+    return '\n'.join(f'{label + ":":<19}' + str(value).replace('\n', '\n' + ' ' * 19)
+                     for label, value in fields)
+
+
+def _seconds(ns: int) -> str:
+    return f'{ns // 10**9}.{ns % 10**9:09d}'
+
+
+def _time(ns: int) -> str:
+    stamp = time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(ns // 10**9))
+    return f'{stamp}.{ns % 10**9:09d} UTC ({_seconds(ns)})'
+
+
+def _size(size: float) -> str:
+    units = ['B', 'KiB', 'MiB', 'GiB']
+    while size >= 1024 and len(units) > 1:
+        size /= 1024
+        units.pop(0)
+    return f'{size:.1f} {units[0]}'
+
+
+def _absolute(topic: str) -> str:
+    return topic if topic.startswith('/') else '/' + topic
 
 
 def _record(args) -> int:
@@ -483,6 +581,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     play.add_argument('--ros-args', nargs=argparse.REMAINDER, default=[])
     play.set_defaults(bag_run=_play)
 
+    info = commands.add_parser('info', help="print a bag's topics, types, message counts, "
+                               'time span, storage and rosbag2 version')
+    info.add_argument('bag')
+    info.set_defaults(bag_run=_info)
+
     record = commands.add_parser('record', help='record topics to a bag until Ctrl-C')
     record.add_argument('bag')
     record.add_argument('--topics', nargs='+', required=True)
@@ -495,8 +598,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args) -> int:
-    """Run a parsed `ams bag` command line."""
-    return args.bag_run(args)
+    """Run a parsed `ams bag` command line; a bag it cannot read or play exits 1, with why."""
+    try:
+        return args.bag_run(args)
+    except BagError as err:
+        print(f'ams bag {args.bag_command}: {err}', file=sys.stderr)
+        return 1
 
 
 def main(argv=None) -> int:

@@ -11,10 +11,18 @@ signed (``snapshot.build_snapshot`` rounds them), so they are unchanged by the w
 
 A message the engine cannot take (wrong type, impossible field) raises ``MessageError`` with
 a short ``reason`` code for counting; nothing else escapes for any received message.
+
+Link authentication (ams_ros.ros.link_auth). Every builder takes ``signer=``: the finished
+message gets its counter and tag. Every reader takes ``verifier=`` (and ``sender=``, by default
+the message's client_id for what drones send and ``GROUND`` for what the ground sends) and
+refuses a message it does not accept, reason 'unsigned', 'bad-signature' or 'replayed', before
+using any field. The link tag then replaces the payload tag of patches and snapshots: a payload
+read with a verifier has an empty ``auth_tag``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -23,9 +31,11 @@ from builtin_interfaces.msg import Time
 
 from ams_ros.drone_agent import UplinkBatch
 from ams_ros.model_version import PatchPayload
+from ams_ros.ros.link_auth import LinkSigner, LinkVerifier
 from ams_ros.snapshot import SnapshotPayload
 
 DIGEST_BYTES = 32  # SHA-256
+GROUND = 'ground'  # the sender, for verification, of every ground-to-drone message
 MAX_BATCH_FRAMES = 65535  # the frame blob's header counts frames in 16 bits
 MAX_SIDE = 65535
 
@@ -153,17 +163,37 @@ def _positive_finite(value: float, name: str) -> float:
     return value
 
 
+def _non_negative_finite(value: float, name: str) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise MessageError('bad-field', f'{name} must be finite and >= 0, got {value}')
+    return value
+
+
 def _check_client(client_id: str, what: str) -> str:
     if not client_id:
         raise MessageError('no-client-id', f'{what} has an empty client_id')
     return client_id
 
 
+def _signed(msg, signer: LinkSigner | None):
+    return msg if signer is None else signer.sign(msg)
+
+
+def _authenticate(msg, verifier: LinkVerifier | None, sender: str) -> None:
+    if verifier is None:
+        return
+    reason = verifier.verify(msg, sender)
+    if reason:
+        raise MessageError(reason, f'{type(msg).__name__} from {sender!r}, counter '
+                                   f'{msg.auth_counter}')
+
+
 # -- ModelPatch ---------------------------------------------------------------------------------
 
 @_building
-def patch_to_msg(payload: PatchPayload, stamp=None):
-    """Build an ams_msgs/ModelPatch from a (signed) PatchPayload."""
+def patch_to_msg(payload: PatchPayload, stamp=None, *, signer: LinkSigner | None = None):
+    """Build an ams_msgs/ModelPatch from a PatchPayload; a signer replaces the payload's tag."""
     from ams_msgs.msg import ModelPatch
 
     msg = ModelPatch(header=_header(stamp))
@@ -173,27 +203,32 @@ def patch_to_msg(payload: PatchPayload, stamp=None):
         'num_params': int(payload.num_params), 'index_codec': payload.index_codec,
         'index_data': _as_bytes(payload.index_data), 'value_codec': payload.value_codec,
         'value_data': _as_bytes(payload.value_data), 'digest': _as_bytes(payload.digest),
-        'auth_tag': _as_bytes(payload.auth_tag)})
-    return msg
+        'auth_tag': b'' if signer is not None else _as_bytes(payload.auth_tag)})
+    return _signed(msg, signer)
 
 
-def patch_from_msg(msg) -> PatchPayload:
-    """Return the PatchPayload an ams_msgs/ModelPatch carries (its tag still verifies)."""
+def patch_from_msg(msg, *, verifier: LinkVerifier | None = None,
+                   sender: str | None = None) -> PatchPayload:
+    """Return the PatchPayload an ams_msgs/ModelPatch carries.
+
+    Without a verifier its tag still verifies (ams_ros.auth); with one, its tag is empty.
+    """
     _check_type(msg, 'ModelPatch')
+    _authenticate(msg, verifier, sender or GROUND)
     return PatchPayload(
         client_id=_check_client(msg.client_id, 'ModelPatch'), model_id=msg.model_id,
         base_version=int(msg.base_version), version=int(msg.version),
         num_params=int(msg.num_params), index_codec=msg.index_codec,
         index_data=_as_bytes(msg.index_data), value_codec=msg.value_codec,
         value_data=_as_bytes(msg.value_data), digest=_digest(msg.digest, 'patch'),
-        auth_tag=_as_bytes(msg.auth_tag))
+        auth_tag=b'' if verifier is not None else _as_bytes(msg.auth_tag))
 
 
 # -- ModelSnapshot ------------------------------------------------------------------------------
 
 @_building
-def snapshot_to_msg(payload: SnapshotPayload, stamp=None):
-    """Build an ams_msgs/ModelSnapshot from a (signed) SnapshotPayload."""
+def snapshot_to_msg(payload: SnapshotPayload, stamp=None, *, signer: LinkSigner | None = None):
+    """Build an ams_msgs/ModelSnapshot; a signer replaces the payload's tag."""
     from ams_msgs.msg import ModelSnapshot, ParameterSpec
 
     specs = []
@@ -213,13 +248,19 @@ def snapshot_to_msg(payload: SnapshotPayload, stamp=None):
         'class_names': list(payload.class_names), 'input_height': int(payload.input_height),
         'input_width': int(payload.input_width),
         'mean': np.asarray(payload.mean, np.float32), 'std': np.asarray(payload.std, np.float32),
-        'digest': _as_bytes(payload.digest), 'auth_tag': _as_bytes(payload.auth_tag)})
-    return msg
+        'digest': _as_bytes(payload.digest),
+        'auth_tag': b'' if signer is not None else _as_bytes(payload.auth_tag)})
+    return _signed(msg, signer)
 
 
-def snapshot_from_msg(msg) -> SnapshotPayload:
-    """Return the SnapshotPayload an ams_msgs/ModelSnapshot carries (its tag still verifies)."""
+def snapshot_from_msg(msg, *, verifier: LinkVerifier | None = None,
+                      sender: str | None = None) -> SnapshotPayload:
+    """Return the SnapshotPayload an ams_msgs/ModelSnapshot carries.
+
+    Without a verifier its tag still verifies (ams_ros.auth); with one, its tag is empty.
+    """
     _check_type(msg, 'ModelSnapshot')
+    _authenticate(msg, verifier, sender or GROUND)
     if not (msg.input_height > 0 and msg.input_width > 0):
         raise MessageError('bad-field', f'input size {msg.input_width}x{msg.input_height}')
     if len(msg.mean) != 3 or len(msg.std) != 3:
@@ -232,13 +273,14 @@ def snapshot_from_msg(msg) -> SnapshotPayload:
         class_names=tuple(msg.class_names), input_height=int(msg.input_height),
         input_width=int(msg.input_width), mean=tuple(float(v) for v in msg.mean),
         std=tuple(float(v) for v in msg.std), digest=_digest(msg.digest, 'snapshot'),
-        auth_tag=_as_bytes(msg.auth_tag))
+        auth_tag=b'' if verifier is not None else _as_bytes(msg.auth_tag))
 
 
 # -- FrameBatch ---------------------------------------------------------------------------------
 
 @_building
-def batch_to_msg(batch: UplinkBatch, frame_id: str = '', source_encoding: str = 'rgb8'):
+def batch_to_msg(batch: UplinkBatch, frame_id: str = '', source_encoding: str = 'rgb8', *,
+                 signer: LinkSigner | None = None):
     """Build an ams_msgs/FrameBatch; its header stamp is the last frame's capture stamp."""
     from ams_msgs.msg import FrameBatch
 
@@ -252,12 +294,14 @@ def batch_to_msg(batch: UplinkBatch, frame_id: str = '', source_encoding: str = 
         'stamps': [seconds_to_stamp(s) for s in batch.stamps],
         'data': _as_bytes(batch.data), 'sampling_rate': float(batch.sampling_rate),
         'update_period': float(batch.update_period)})
-    return msg
+    return _signed(msg, signer)
 
 
-def batch_from_msg(msg) -> UplinkBatch:
+def batch_from_msg(msg, *, verifier: LinkVerifier | None = None,
+                   sender: str | None = None) -> UplinkBatch:
     """Return the UplinkBatch an ams_msgs/FrameBatch carries, after checking its fields."""
     _check_type(msg, 'FrameBatch')
+    _authenticate(msg, verifier, sender or msg.client_id)
     if not msg.stamps or len(msg.stamps) > MAX_BATCH_FRAMES:
         raise MessageError('bad-field', f'{len(msg.stamps)} stamps: a batch holds 1 to '
                                         f'{MAX_BATCH_FRAMES} frames')
@@ -274,7 +318,8 @@ def batch_from_msg(msg) -> UplinkBatch:
 # -- small messages -----------------------------------------------------------------------------
 
 @_building
-def sampling_control(client_id: str, sampling_rate: float, update_period: float, stamp=None):
+def sampling_control(client_id: str, sampling_rate: float, update_period: float, stamp=None,
+                     *, signer: LinkSigner | None = None):
     """Build an ams_msgs/SamplingControl."""
     from ams_msgs.msg import SamplingControl
 
@@ -282,12 +327,14 @@ def sampling_control(client_id: str, sampling_rate: float, update_period: float,
     _fill(msg, {'client_id': client_id,
                 'sampling_rate': _positive_finite(sampling_rate, 'sampling_rate'),
                 'update_period': _positive_finite(update_period, 'update_period')})
-    return msg
+    return _signed(msg, signer)
 
 
-def sampling_from_msg(msg) -> tuple[str, float, float]:
+def sampling_from_msg(msg, *, verifier: LinkVerifier | None = None,
+                      sender: str | None = None) -> tuple[str, float, float]:
     """Return (client_id, sampling_rate, update_period) of an ams_msgs/SamplingControl."""
     _check_type(msg, 'SamplingControl')
+    _authenticate(msg, verifier, sender or GROUND)
     return (_check_client(msg.client_id, 'SamplingControl'),
             _positive_finite(msg.sampling_rate, 'sampling_rate'),
             _positive_finite(msg.update_period, 'update_period'))
@@ -295,19 +342,42 @@ def sampling_from_msg(msg) -> tuple[str, float, float]:
 
 @_building
 def snapshot_request(client_id: str, model_id: str, active_version: int, reason: str,
-                     stamp=None):
+                     stamp=None, *, signer: LinkSigner | None = None):
     """Build an ams_msgs/SnapshotRequest."""
     from ams_msgs.msg import SnapshotRequest
 
     msg = SnapshotRequest(header=_header(stamp))
     _fill(msg, {'client_id': client_id, 'model_id': model_id,
                 'active_version': int(active_version), 'reason': reason})
-    return msg
+    return _signed(msg, signer)
 
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotRequestInfo:
+    client_id: str
+    model_id: str
+    active_version: int
+    reason: str
+
+
+def request_from_msg(msg, *, verifier: LinkVerifier | None = None,
+                     sender: str | None = None) -> SnapshotRequestInfo:
+    """Return what an ams_msgs/SnapshotRequest asks for."""
+    _check_type(msg, 'SnapshotRequest')
+    _authenticate(msg, verifier, sender or msg.client_id)
+    return SnapshotRequestInfo(
+        client_id=_check_client(msg.client_id, 'SnapshotRequest'), model_id=msg.model_id,
+        active_version=int(msg.active_version), reason=msg.reason)
+
+
+# -- EdgeStatus ---------------------------------------------------------------------------------
 
 @_building
-def edge_status(stamp=None, **fields):
-    """Build an ams_msgs/EdgeStatus from keyword fields (names as in the message)."""
+def edge_status(stamp=None, *, signer: LinkSigner | None = None, **fields):
+    """Build an ams_msgs/EdgeStatus from keyword fields (names as in the message).
+
+    Non-finite floats become 0; active_digest is b'' when no model runs.
+    """
     from ams_msgs.msg import EdgeStatus
 
     msg = EdgeStatus(header=_header(stamp))
@@ -319,7 +389,52 @@ def edge_status(stamp=None, **fields):
             value = int(value)
         clean[name] = value
     _fill(msg, clean)
-    return msg
+    return _signed(msg, signer)
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeStatusInfo:
+    client_id: str
+    model_id: str
+    active_version: int
+    active_digest: bytes  # b'' when no model runs, else DIGEST_BYTES
+    inference_fps: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    frames_received: int
+    frames_inferred: int
+    frames_sampled: int
+    batches_sent: int
+    bytes_up: int
+    bytes_down: int
+    patches_applied: int
+    patches_rejected: int
+    sampling_rate: float
+    update_period: float
+    last_error: str
+
+
+_STATUS_COUNTERS = ('frames_received', 'frames_inferred', 'frames_sampled', 'batches_sent',
+                    'bytes_up', 'bytes_down', 'patches_applied', 'patches_rejected')
+
+
+def status_from_msg(msg, *, verifier: LinkVerifier | None = None,
+                    sender: str | None = None) -> EdgeStatusInfo:
+    """Return what an ams_msgs/EdgeStatus reports, after checking its fields."""
+    _check_type(msg, 'EdgeStatus')
+    _authenticate(msg, verifier, sender or msg.client_id)
+    digest = _as_bytes(msg.active_digest)
+    return EdgeStatusInfo(
+        client_id=_check_client(msg.client_id, 'EdgeStatus'), model_id=msg.model_id,
+        active_version=int(msg.active_version),
+        active_digest=_digest(digest, 'active') if digest else b'',
+        inference_fps=_non_negative_finite(msg.inference_fps, 'inference_fps'),
+        latency_p50_ms=_non_negative_finite(msg.latency_p50_ms, 'latency_p50_ms'),
+        latency_p99_ms=_non_negative_finite(msg.latency_p99_ms, 'latency_p99_ms'),
+        **{name: int(getattr(msg, name)) for name in _STATUS_COUNTERS},
+        sampling_rate=_positive_finite(msg.sampling_rate, 'sampling_rate'),
+        update_period=_positive_finite(msg.update_period, 'update_period'),
+        last_error=msg.last_error)
 
 
 # -- diagnostics --------------------------------------------------------------------------------

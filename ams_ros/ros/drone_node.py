@@ -67,6 +67,7 @@ from ams_ros.frame_codec import CODECS, RATE_CONTROLS, X264_PRESETS, CodecSettin
 from ams_ros.model_version import APPLIED, NEEDS_SNAPSHOT, OUT_OF_ORDER, REJECTED
 from ams_ros.ros import conversions as conv
 from ams_ros.ros.image_conversion import ImageConversionError, array_to_image, image_to_rgb
+from ams_ros.ros.link_auth import LinkSigner, LinkVerifier
 from ams_ros.ros.node_parameters import (
     Param,
     ParameterError,
@@ -79,6 +80,7 @@ from ams_ros.ros.node_parameters import (
 NODE_NAME = 'ams_drone'
 CAMERA_QOS = ('sensor_data', 'reliable', 'best_effort')
 MAX_REQUEST_BACKOFF_S = 60.0
+AUTH_REFUSALS = ('unsigned', 'bad-signature', 'replayed')
 
 PARAMETERS = (
     Param('client_id', '', "this drone's id in every ams message; empty: the node's namespace "
@@ -118,6 +120,13 @@ PARAMETERS = (
           above=0.0),
     Param('update_period', 10.0, 'T_update: seconds of frames per FrameBatch until the ground '
           'sets it', above=0.0),
+    Param('limits.sampling_rate_min', 0.01, 'lowest sampling rate the ground may set (frames/s); '
+          'a SamplingControl outside the limits is refused and the last good one kept',
+          above=0.0),
+    Param('limits.sampling_rate_max', 30.0, 'highest sampling rate the ground may set', above=0.0),
+    Param('limits.update_period_min', 0.5, 'shortest T_update the ground may set (s)', above=0.0),
+    Param('limits.update_period_max', 600.0, 'longest T_update the ground may set (s)',
+          above=0.0),
     Param('ort.threads', 0, 'ONNX Runtime intra-op threads per inference (0: its default)',
           low=0, high=1024),
     Param('ort.providers', list_type('string'), 'ONNX Runtime providers in order of preference; '
@@ -201,12 +210,22 @@ class DroneNode(Node):
         runtime = RuntimeConfig(
             providers=tuple(p['ort.providers']) or DEFAULT_PROVIDER_ORDER,
             use_tensorrt=p['ort.use_tensorrt'], intra_op_threads=p['ort.threads'])
-        config = DroneConfig(
-            client_id=self.client_id, uplink=uplink, runtime=runtime,
-            uplink_size=(p['uplink.height'], p['uplink.width']) if p['uplink.height'] else None,
-            max_pending_patches=p['max_pending_patches'], sampling_rate=p['sampling_rate'],
-            update_period=p['update_period'])
-        self.agent = DroneAgent(config, key)
+        try:
+            config = DroneConfig(
+                client_id=self.client_id, uplink=uplink, runtime=runtime,
+                uplink_size=((p['uplink.height'], p['uplink.width']) if p['uplink.height']
+                             else None),
+                max_pending_patches=p['max_pending_patches'], sampling_rate=p['sampling_rate'],
+                update_period=p['update_period'],
+                sampling_rate_min=p['limits.sampling_rate_min'],
+                sampling_rate_max=p['limits.sampling_rate_max'],
+                update_period_min=p['limits.update_period_min'],
+                update_period_max=p['limits.update_period_max'])
+        except ValueError as e:
+            raise ParameterError(str(e)) from e
+        self.agent = DroneAgent(config)
+        # The link is authenticated message by message; the agent sees verified payloads.
+        self._signer, self._verifier = LinkSigner(key), LinkVerifier(key)
         self._mask_resolution = p['mask_resolution']
         self._max_image_pixels = p['max_image_pixels']
         self._camera_size: tuple[int, int] | None = None  # (height, width) of the last frame
@@ -224,6 +243,9 @@ class DroneNode(Node):
         self._request_backoff = p['snapshot_request_interval']
         self._next_request = 0.0
         self._pending_request = ''
+        # A version that came in a snapshot the drone did not ask for: the ground confirms it
+        # by building its next patch on it (or by answering a request).
+        self._unconfirmed_version: int | None = None
 
         if p['model_path']:
             self._load_model_file(Path(p['model_path']).expanduser(), p['model_version'])
@@ -317,7 +339,7 @@ class DroneNode(Node):
             return
         self._count('bytes_down', len(msg.index_data) + len(msg.value_data))
         try:
-            payload = conv.patch_from_msg(msg)
+            payload = conv.patch_from_msg(msg, verifier=self._verifier)
         except conv.MessageError as e:
             self._error(f'patch {msg.base_version}->{msg.version} refused: {e}',
                         f'bad_patch.{e.reason}')
@@ -328,6 +350,7 @@ class DroneNode(Node):
                             else outcome.kind] += 1
         if outcome.kind == APPLIED:
             self._count('patches_applied', len(outcome.applied_versions))
+            self._unconfirmed_version = None
             self._model_changed()
         elif outcome.kind == REJECTED or (outcome.kind == NEEDS_SNAPSHOT
                                           and outcome.reason != 'startup'):
@@ -349,32 +372,40 @@ class DroneNode(Node):
             return
         self._count('bytes_down', len(msg.model_data))
         try:
-            payload = conv.snapshot_from_msg(msg)
+            payload = conv.snapshot_from_msg(msg, verifier=self._verifier)
         except conv.MessageError as e:
             self.snapshot_outcomes[f'{REJECTED}:{e.reason}'] += 1
             self._error(f'snapshot v{msg.version} refused: {e}', f'bad_snapshot.{e.reason}')
-            self._want_snapshot(f'snapshot-{e.reason}')
+            if e.reason not in AUTH_REFUSALS:  # a forgery is no sign that the model is lost
+                self._want_snapshot(f'snapshot-{e.reason}')
             return
-        outcome = self.agent.load_snapshot(payload)
+        requested = bool(self._pending_request)
+        outcome = self.agent.load_snapshot(payload, requested=requested)
         self.snapshot_outcomes[f'{outcome.kind}:{outcome.reason}' if outcome.reason
                                else outcome.kind] += 1
         if outcome.kind == APPLIED:
             self._count('snapshots_applied')
             self.get_logger().info(f'snapshot v{payload.version} of {payload.model_id} '
-                                   f'verified ({len(payload.model_data)} bytes)')
+                                   f'verified ({len(payload.model_data)} bytes'
+                                   + ('' if requested else ', not asked for') + ')')
+            self._unconfirmed_version = None if requested else self.agent.version
             self._model_changed()
+        elif outcome.reason == 'stale':
+            self._count('snapshots_stale')  # e.g. the latched first snapshot of a model we run
         else:
             self._error(f'snapshot v{payload.version} not used: {outcome.kind} '
                         f'({outcome.reason})', 'snapshots_refused')
-            if outcome.needs_snapshot:
+            if outcome.needs_snapshot and (requested or self.agent.runtime is None):
+                # Only a model the drone asked for and still lacks is worth asking again;
+                # a bad snapshot it did not ask for leaves the model it runs as good as it was.
                 self._want_snapshot(outcome.reason)
 
     @guarded
     def _on_sampling(self, msg) -> None:
         try:
-            client_id, rate, period = conv.sampling_from_msg(msg)
+            client_id, rate, period = conv.sampling_from_msg(msg, verifier=self._verifier)
         except conv.MessageError as e:
-            self._error(f'sampling control refused: {e}', 'bad_sampling')
+            self._error(f'sampling control refused: {e}', f'bad_sampling.{e.reason}')
             return
         if client_id != self.client_id:
             self._count('foreign_messages')
@@ -382,7 +413,11 @@ class DroneNode(Node):
         with self._agent_lock:
             changed = (rate, period) != (self.agent.sampler.rate,
                                          self.agent.sampler.update_period)
-            self.agent.set_sampling(rate, period)
+            try:
+                self.agent.set_sampling(rate, period)
+            except ValueError as e:  # the last good settings stay
+                self._error(f'sampling control refused: {e}', 'bad_sampling.out-of-range')
+                return
         if changed:
             self.get_logger().info(f'sampling {rate:.3g} frames/s, T_update {period:.3g} s')
 
@@ -408,7 +443,7 @@ class DroneNode(Node):
             return
         self.request_pub.publish(conv.snapshot_request(
             self.client_id, self.agent.model_id, self.agent.version, self._pending_request,
-            self.get_clock().now().to_msg()))
+            self.get_clock().now().to_msg(), signer=self._signer))
         self._count('snapshot_requests')
         self._next_request = time.monotonic() + self._request_backoff
         self._request_backoff = min(2 * self._request_backoff, MAX_REQUEST_BACKOFF_S)
@@ -479,7 +514,7 @@ class DroneNode(Node):
                     batch = self.agent.sample(stamp, rgb)
                 if batch is None:
                     continue
-                msg = conv.batch_to_msg(batch, frame_id, encoding)
+                msg = conv.batch_to_msg(batch, frame_id, encoding, signer=self._signer)
                 self.frames_pub.publish(msg)
             except Exception as e:  # noqa: BLE001 - an encoder failure skips one batch
                 if self._closed or not self.context.ok():
@@ -520,9 +555,12 @@ class DroneNode(Node):
         latency = status.latency if status is not None else None
         fps = period.get('frames_inferred', 0) / elapsed
         stamp = self.get_clock().now().to_msg()
+        active = status.active_version if status else 0
         self.status_pub.publish(conv.edge_status(
-            stamp, client_id=self.client_id, model_id=self.agent.model_id,
-            active_version=status.active_version if status else 0, inference_fps=fps,
+            stamp, signer=self._signer, client_id=self.client_id, model_id=self.agent.model_id,
+            active_version=active, active_digest=self.agent.state.digest_of(active) or b'',
+            sampling_rate=self.agent.sampler.rate,
+            update_period=self.agent.sampler.update_period, inference_fps=fps,
             latency_p50_ms=latency.p50_ms if latency else 0.0,
             latency_p99_ms=latency.p99_ms if latency else 0.0,
             frames_received=counts.get('frames_received', 0),
@@ -542,6 +580,7 @@ class DroneNode(Node):
             'verified_version': self.agent.version,
             # What the ground's mirror of this version must hash to (the mirror invariant).
             'verified_digest': (self.agent.state.digest or b'').hex(),
+            'unconfirmed_version': self._unconfirmed_version or 0,
             'fps': fps,
             'latency_p50_ms': latency.p50_ms if latency else float('nan'),
             'latency_p99_ms': latency.p99_ms if latency else float('nan'),
@@ -573,6 +612,9 @@ class DroneNode(Node):
             return 'error', f'the latest model failed to build: {status.last_swap.error}'
         if period.get('errors', 0):
             return 'warn', f"{period['errors']} errors in the last period: {self.last_error}"
+        if self._unconfirmed_version is not None:
+            return 'warn', (f'v{self._unconfirmed_version} running, from a snapshot the drone '
+                            'did not ask for; no patch from the ground has confirmed it yet')
         if not received:
             return 'warn', f'v{status.active_version} running; no camera frames'
         return 'ok', f'v{status.active_version} running'

@@ -3,36 +3,44 @@
 A thin adapter around ``GroundServer``. Each drone lives in its own namespace and talks on
 ``<ns>/ams/...`` (see drone_node). The ground serves a drone namespace when
 
-- it is listed in ``drone_namespaces`` (served from start-up, and sent its first snapshot
-  at once, for the client id the drone uses by default: the namespace without slashes), or
+- it is listed in ``drone_namespaces`` (served from start-up and bound to the client id the
+  drone uses by default: the namespace without slashes), or
 - ``discover`` is on and a topic ``<ns>/ams/frames``, ``<ns>/ams/snapshot_request`` or
-  ``<ns>/ams/status`` appears in the graph (checked every ``discovery_period`` seconds).
+  ``<ns>/ams/status`` appears in the graph (checked every ``discovery_period`` seconds; at most
+  2 x ``max_clients`` namespaces).
 
 Per served namespace it subscribes to ``ams/frames`` (FrameBatch), ``ams/snapshot_request`` and
 ``ams/status`` (EdgeStatus) and publishes ``ams/patch``, ``ams/snapshot`` and ``ams/sampling``
 (the latter two reliable + transient-local, depth 1, so a drone that starts later still gets
-them). Replies for a client go to the namespace its messages came from.
+them).
 
-Which drones it trains: every client id seen (``client_ids`` empty) or only those listed, and of
-those only the ones in its shard: ``sha256(client_id) % shard_count == shard_index``. Several
-ground nodes on several machines, each with its own shard_index, split a fleet on one DDS graph
-without talking to each other.
+What it acts on. Every message is converted and, with ``auth_key_file`` set, verified (tag and
+sender counter, see link_auth) before anything else; then ``ClientRegistry`` admits it: a client
+id belongs to one namespace and a namespace to one client id, new clients only up to
+``max_clients`` and only ids this ground owns (``client_ids``, and the shard:
+``sha256(client_id) % shard_count == shard_index``), idle ones expire after
+``client_timeout``. Replies go to the namespace the client is bound to. Frame batches pass the
+sequence tracker and the stamp guard before the teacher sees them. Every refusal is counted
+under its reason in /diagnostics.
 
-A drone is added on first contact. The ground then publishes its sampling control and the
-drone's current model as a snapshot (version 1, the template), unless the drone's own status
-already shows that model id at that version (it started from the same file). A drone whose
-status shows it restarted (its frame count went back) is sent the mirror's snapshot at once:
-it runs its file again and would only notice at the next patch.
+A drone's model. Its status says what it runs: a drone with no model (or another one) is sent
+the mirror as a snapshot; one whose frame count went back restarted and is sent it too; one
+that reports a version or digest the mirror does not have (a forged snapshot, or a ground that
+restarted) is resynced: the mirror's version moves one above the drone's and the mirror goes as
+a snapshot, which the drone takes unasked. Snapshots go when the drone's ``SnapshotBudget``
+allows (bytes over time, back-off while unconfirmed); requests meanwhile are answered once.
+A status that shows other sampling settings than the ground's gets them sent again.
 
-Threads. DDS callbacks only convert and queue; one worker decodes frame batches, runs the
-teacher, trains (one phase at a time, drones scheduled by ``scheduler.policy``) and answers
-snapshot requests, so a snapshot always matches the mirror its patches continue from. A
-snapshot request waits for at most the phase in progress.
+Threads. DDS callbacks only convert, verify, admit and queue; one worker decodes frame batches,
+runs the teacher, trains (one phase at a time, drones scheduled by ``scheduler.policy``) and
+sends snapshots, so a snapshot always matches the mirror its patches continue from. A snapshot
+request waits for at most the phase in progress.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import threading
 import time
@@ -54,12 +62,14 @@ from ams_msgs.msg import (
     SnapshotRequest,
 )
 from ams_ros.auth import load_key
+from ams_ros.client_registry import ClientRegistry
 from ams_ros.frame_codec import FrameCodecError, decode_frames
-from ams_ros.ground_client import INITIAL_VERSION, GroundConfig
+from ams_ros.ground_client import GroundConfig
 from ams_ros.patch_codec import DEFAULT_FORMAT, VALUE_MODES
 from ams_ros.rate_control import AsrConfig, AtrConfig
 from ams_ros.ros import conversions as conv
 from ams_ros.ros.drone_node import LATCHED, RELIABLE, default_client_id, guarded, run
+from ams_ros.ros.link_auth import LinkSigner, LinkVerifier
 from ams_ros.ros.node_parameters import (
     Param,
     ParameterError,
@@ -69,17 +79,27 @@ from ams_ros.ros.node_parameters import (
     read,
 )
 from ams_ros.selection import STRATEGIES
+from ams_ros.sequence_tracker import SequenceTracker
+from ams_ros.snapshot_budget import SnapshotBudget
+from ams_ros.stamp_guard import REANCHOR, StampRefused
 from ams_ros.world import CLASS_NAMES
 
 NODE_NAME = 'ams_ground'
 TEACHER_KINDS = ('synthetic', 'onnx', 'torchscript', 'torchvision')
 POLICIES = ('round_robin', 'phi_weighted')
 DRONE_TOPICS = ('/ams/frames', '/ams/snapshot_request', '/ams/status')
+# A drone whose status shows other sampling settings than the ground's is sent them again, at
+# most this often (the latched control may have been lost, or overwritten by another writer).
+SAMPLING_RESEND_S = 2.0
+# After a snapshot went, the drone's status may still show its old model for a while.
+RESYNC_GRACE_S = 3.0
+MAX_VERSION = 2**63  # versions are uint64 on the wire; a resync never goes beyond this
 
 PARAMETERS = (
     # Which drones.
     Param('drone_namespaces', list_type('string'), 'drone namespaces served from start-up '
-          "(e.g. ['/drone1', '/drone2']); each gets its first snapshot at once"),
+          "(e.g. ['/drone1', '/drone2']), each bound to its default client id (the namespace "
+          'without slashes)'),
     Param('discover', True, 'also serve any namespace where <ns>/ams/frames, '
           '<ns>/ams/snapshot_request or <ns>/ams/status appears'),
     Param('discovery_period', 2.0, 'seconds between graph scans for new drone namespaces',
@@ -167,18 +187,34 @@ PARAMETERS = (
           choices=POLICIES),
     Param('scheduler.phi_floor', 0.05, 'phi_weighted: least credit per decision', above=0.0),
     # Operation.
-    Param('client_timeout', 0.0, 'seconds without any message after which a drone is dropped '
-          '(its buffer, optimiser and mirror freed; it gets a new snapshot if it returns); '
-          '0: never', low=0.0),
+    Param('max_clients', 16, 'drones served at once (configured namespaces count from start-up); '
+          'a new client id beyond this is refused', low=1, high=100000),
+    Param('client_timeout', 300.0, 'seconds without any message after which a drone is dropped '
+          '(its buffer, optimiser and mirror freed; it gets a new snapshot if it returns)',
+          above=0.0),
     Param('max_queued_batches', 32, 'frame batches waiting for the worker; the oldest are '
           'dropped beyond this', low=1, high=100000),
-    Param('snapshot_min_interval', 1.0, 'seconds: repeated requests for the same version within '
-          'this are answered once', low=0.0, read_only=False),
+    Param('snapshot_budget.kbps', 100.0, 'average downlink a drone may spend on whole-model '
+          'snapshots (kbit/s); requests beyond it wait', above=0.0),
+    Param('snapshot_budget.burst', 2.0, 'snapshots a drone may get at once before the average '
+          'applies', above=0.0),
+    Param('snapshot_budget.backoff_min_s', 10.0, 'seconds before another snapshot to a drone '
+          'that has not confirmed the last one; doubles while it does not', above=0.0),
+    Param('snapshot_budget.backoff_max_s', 300.0, 'longest such wait (s)', above=0.0),
+    Param('stamps.max_jump_s', 300.0, 'frame stamps further than this from the drone\'s recent '
+          'clock are refused, unless the next batches confirm a real clock jump', above=0.0),
+    Param('max_seq_gap', 1000, 'a FrameBatch seq further ahead than this is refused unless the '
+          'next batch continues from it', low=1, high=2**62),
     Param('status_period', 2.0, 'seconds between /diagnostics messages', above=0.0,
           read_only=False),
     Param('auth_key_file', '', 'file with the key shared with the drones (HMAC-SHA256); empty: '
           'messages are not signed'),
 )
+
+
+def _same_sampling(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two (rate, period) pairs agree up to the wire's float32 rounding."""
+    return all(math.isclose(x, y, rel_tol=1e-5) for x, y in zip(a, b, strict=True))
 
 
 def stable_shard(client_id: str, count: int) -> int:
@@ -290,20 +326,26 @@ class _Endpoints:
 
 @dataclass
 class _ClientStats:
-    namespace: str = ''
+    namespace: str
+    seq: SequenceTracker
+    budget: SnapshotBudget
     batches: int = 0
     frames: int = 0
     batches_lost: int = 0  # seq gaps
-    last_seq: int | None = None
     phases: int = 0
     last_loss: float = float('nan')
     last_phase_s: float = float('nan')
     patch_bytes: int = 0
     snapshots: int = 0
-    last_snapshot: tuple[int, float] | None = None  # (version, monotonic time)
-    sampling_rate: float = float('nan')
+    snapshot_bytes: int = 0
+    snapshot_wanted: str = ''  # why a snapshot is owed to the drone ('' when none)
+    last_snapshot: tuple[str, int, float] | None = None  # (model id, version, monotonic time)
+    resyncs: int = 0
+    sampling_rate: float = float('nan')  # as last sent
     update_period: float = float('nan')
+    sampling_sent_at: float = -math.inf
     drone_version: int | None = None  # from its EdgeStatus
+    drone_digest: bytes = b''
     drone_fps: float = float('nan')
     drone_frames: int = 0  # frames_received in its EdgeStatus: less means a new process
     errors: Counter = field(default_factory=Counter)
@@ -319,6 +361,9 @@ class GroundNode(Node):
         if p['shard_index'] >= p['shard_count']:
             raise ParameterError(f"shard_index {p['shard_index']} must be below shard_count "
                                  f"{p['shard_count']}")
+        if p['snapshot_budget.backoff_max_s'] < p['snapshot_budget.backoff_min_s']:
+            raise ParameterError('snapshot_budget.backoff_max_s must not be below '
+                                 'snapshot_budget.backoff_min_s')
         try:
             from ams_ros.teachers import make_teacher, select_torch_device
 
@@ -347,20 +392,26 @@ class GroundNode(Node):
 
         self.server = GroundServer(template, lambda _client_id: teacher, config,
                                    policy=p['scheduler.policy'],
-                                   phi_floor=p['scheduler.phi_floor'], key=key, seed=p['seed'])
+                                   phi_floor=p['scheduler.phi_floor'], seed=p['seed'])
+        # The link is authenticated message by message; the engine sees verified payloads.
+        self._signer, self._verifier = LinkSigner(key), LinkVerifier(key)
         self._client_filter = set(p['client_ids'])
         self._shard = (p['shard_index'], p['shard_count'])
-        self._snapshot_interval = p['snapshot_min_interval']
+        self.registry = ClientRegistry(p['max_clients'], p['client_timeout'], self.owns)
+        self._snapshot_size = len(template.onnx_bytes)
+        self._budget = {'rate_kbps': p['snapshot_budget.kbps'],
+                        'burst_bytes': p['snapshot_budget.burst'] * self._snapshot_size,
+                        'backoff_min_s': p['snapshot_budget.backoff_min_s'],
+                        'backoff_max_s': p['snapshot_budget.backoff_max_s']}
+        self._max_seq_gap = p['max_seq_gap']
         self._max_queued = p['max_queued_batches']
-        self._client_timeout = p['client_timeout']
-        self._last_seen: dict[str, float] = {}
+        self._max_namespaces = 2 * p['max_clients']  # discovery serves no more than this
 
         self.stats: dict[str, _ClientStats] = {}
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()  # stats and counts: written by callbacks and the worker
         self.last_error = ''
         self._endpoints: dict[str, _Endpoints] = {}
-        self._client_ns: dict[str, str] = {}
         self._inbox: deque = deque()
         self._work = threading.Condition()
         self._closed = False
@@ -384,7 +435,11 @@ class GroundNode(Node):
             self._serve(namespace)
             client_id = default_client_id(namespace)
             if self.owns(client_id):
-                self._submit(('contact', namespace, client_id, None))
+                try:
+                    self.registry.bind(namespace, client_id)
+                except ValueError as e:
+                    raise ParameterError(f'drone_namespaces: {e}') from e
+                self._submit(('contact', namespace, client_id, None))  # sampling control
         self.get_logger().info(
             f'student {template.model_id} ({template.manifest.total_size} parameters, input '
             f'{template.input_spec.height}x{template.input_spec.width}), teacher '
@@ -404,8 +459,13 @@ class GroundNode(Node):
     def _scan_graph(self) -> None:
         for topic, _types in self.get_topic_names_and_types():
             namespace = drone_namespace(topic)
-            if namespace is not None and namespace not in self._endpoints:
-                self._serve(namespace)
+            if namespace is None or namespace in self._endpoints:
+                continue
+            if len(self._endpoints) >= self._max_namespaces:
+                self._error('', f'namespace {namespace} not served: already serving '
+                            f'{len(self._endpoints)} (2 x max_clients)', 'namespaces_refused')
+                continue
+            self._serve(namespace)
 
     def _serve(self, namespace: str) -> None:
         """Create the endpoints of one drone namespace."""
@@ -427,58 +487,59 @@ class GroundNode(Node):
         self._endpoints[namespace] = ends
         self.get_logger().info(f'serving drone namespace {namespace}')
 
-    def _accept(self, namespace: str, client_id: str) -> bool:
-        if not client_id or not self.owns(client_id):
-            self._count('ignored_messages')
-            return False
-        self._client_ns[client_id] = namespace
-        self._last_seen[client_id] = time.monotonic()
-        return True
+    def _read(self, convert, msg, what: str):
+        """Convert and verify a drone's message; None (refusal counted) if it does not pass."""
+        try:
+            return convert(msg, verifier=self._verifier)
+        except conv.MessageError as e:
+            self._error('', f'{what} from {msg.client_id!r} refused: {e}',
+                        f'refused.{e.reason}')
+            return None
 
-    # -- callbacks: convert and queue ------------------------------------------------------
+    def _admit(self, namespace: str, client_id: str) -> bool:
+        """Admit a verified message: its client id must belong to the namespace it came on."""
+        admission = self.registry.admit(namespace, client_id, time.monotonic())
+        if not admission.ok:
+            self._error('', f"'{client_id}' on {namespace} refused: {admission.reason}",
+                        f'refused.{admission.reason}')
+        return admission.ok
+
+    # -- callbacks: convert, verify, admit and queue -----------------------------------------
 
     @guarded
     def _on_frames(self, namespace: str, msg) -> None:
-        if not self._accept(namespace, msg.client_id):
-            return
-        try:
-            batch = conv.batch_from_msg(msg)
-        except conv.MessageError as e:
-            self._error(msg.client_id, f'frame batch refused: {e}', f'bad_batch.{e.reason}')
+        batch = self._read(conv.batch_from_msg, msg, 'frame batch')
+        if batch is None or not self._admit(namespace, batch.client_id):
             return
         self._count('bytes_up', len(batch.data))
         self._submit(('batch', namespace, batch.client_id, batch))
 
     @guarded
     def _on_request(self, namespace: str, msg) -> None:
-        if self._accept(namespace, msg.client_id):
-            self.get_logger().info(f"'{msg.client_id}' asks for a snapshot ({msg.reason}, "
-                                   f'runs v{msg.active_version})')
-            self._submit(('snapshot', namespace, msg.client_id, msg.reason))
+        request = self._read(conv.request_from_msg, msg, 'snapshot request')
+        if request is not None and self._admit(namespace, request.client_id):
+            self.get_logger().info(f"'{request.client_id}' asks for a snapshot "
+                                   f'({request.reason}, runs v{request.active_version})',
+                                   throttle_duration_sec=5.0)
+            self._submit(('snapshot', namespace, request.client_id, request.reason))
 
     @guarded
     def _on_status(self, namespace: str, msg) -> None:
-        if not self._accept(namespace, msg.client_id):
-            return
-        stats = self.stats.get(msg.client_id)
-        if stats is None:
-            self._submit(('contact', namespace, msg.client_id, (msg.model_id,
-                                                                int(msg.active_version))))
-            return
-        if msg.frames_received < stats.drone_frames:
-            self.get_logger().info(f"'{msg.client_id}' restarted: sending its model")
-            self._submit(('snapshot', namespace, msg.client_id, 'restarted'))
-        stats.drone_frames = int(msg.frames_received)
-        stats.drone_version = int(msg.active_version)
-        stats.drone_fps = float(msg.inference_fps)
+        status = self._read(conv.status_from_msg, msg, 'status')
+        if status is not None and self._admit(namespace, status.client_id):
+            self._submit(('status', namespace, status.client_id, status))
 
     def _submit(self, event) -> None:
         with self._work:
-            if event[0] == 'batch':
-                queued = [e for e in self._inbox if e[0] == 'batch']
-                if len(queued) >= self._max_queued:
+            kind, _, client_id, _ = event
+            if kind in ('batch', 'status'):
+                # Bounded: the oldest batches go, and only the newest status of a drone counts.
+                queued = [e for e in self._inbox if e[0] == kind
+                          and (kind == 'batch' or e[2] == client_id)]
+                if len(queued) >= (self._max_queued if kind == 'batch' else 1):
                     self._inbox.remove(queued[0])
-                    self._count('batches_dropped')
+                    if kind == 'batch':
+                        self._count('batches_dropped')
             self._inbox.append(event)
             self._work.notify()
 
@@ -488,7 +549,8 @@ class GroundNode(Node):
         """Alternate: take in everything queued (contacts and requests first), train a phase.
 
         Training one phase per round, whatever arrived meanwhile, keeps a steady stream of
-        batches from starving training; a request waits for at most one phase.
+        batches from starving training; a request waits for at most one phase. Snapshots owed
+        to drones go whenever their budget allows (checked at least once a second).
         """
         while True:
             with self._work:
@@ -499,122 +561,232 @@ class GroundNode(Node):
                 events = sorted(self._inbox, key=lambda e: e[0] == 'batch')  # stable
                 self._inbox.clear()
             self._drop_silent_clients()
-            for event in [*events, None]:
+            for event in [*events, 'snapshots', 'train']:
                 if self._closed:
                     return
                 try:
-                    if event is not None:
-                        self._handle(event)
-                    else:
+                    if event == 'snapshots':
+                        self._send_owed_snapshots()
+                    elif event == 'train':
                         self._train_one()
+                    else:
+                        self._handle(event)
                 except Exception as e:  # noqa: BLE001 - one failure never stops serving
                     if self._closed or not self.context.ok():
                         return  # shutting down: publishers are gone
-                    client_id = event[2] if event else ''
+                    client_id = event[2] if isinstance(event, tuple) else ''
                     self._error(client_id, f'{type(e).__name__}: {e}', 'worker_errors')
                 finally:
                     self._busy = ''
 
     def _drop_silent_clients(self) -> None:
-        if not self._client_timeout:
-            return
-        now = time.monotonic()
-        for client_id in list(self.stats):
-            if now - self._last_seen.get(client_id, now) > self._client_timeout:
-                self.server.remove_client(client_id)
-                with self._lock:
-                    del self.stats[client_id]
-                self.get_logger().info(f"drone '{client_id}' silent for "
-                                       f'{self._client_timeout:g} s: dropped')
+        for client_id in self.registry.expire(time.monotonic()):
+            self.server.remove_client(client_id)
+            with self._lock:
+                self.stats.pop(client_id, None)
+            self.get_logger().info(f"drone '{client_id}' silent for "
+                                   f'{self.registry.idle_timeout_s:g} s: dropped')
 
     def _has_training(self) -> bool:
         return any(self.server.client(c).pending_frames > 0 for c in self.server.client_ids)
 
     def _handle(self, event) -> None:
         kind, namespace, client_id, data = event
-        self._client_ns.setdefault(client_id, namespace)
-        stats = self._ensure_client(client_id, data if kind == 'contact' else None,
-                                    send_snapshot=kind != 'snapshot')
-        if kind == 'snapshot':
-            self._send_snapshot(client_id)
+        if self.registry.namespace_of(client_id) is None:
+            return  # expired while the event waited
+        if kind == 'status':
+            self._on_drone_status(client_id, data)
+            return
+        if kind == 'contact':
+            self._ensure_client(client_id)
+        elif kind == 'snapshot':
+            self._ensure_client(client_id)
+            self._owe_snapshot(client_id, data)
         elif kind == 'batch':
             self._busy = f'labelling {client_id}'
-            self._ingest(client_id, stats, data)
+            self._ingest(client_id, data)
 
-    def _ensure_client(self, client_id: str, drone_model, send_snapshot: bool) -> _ClientStats:
-        """Add a drone on first contact: sampling control, and its model unless it has it."""
+    def _ensure_client(self, client_id: str) -> _ClientStats:
+        """Add a drone on first contact and send it its sampling control.
+
+        Whether it needs its model is for its status (or its request) to say: a drone that
+        runs the ground's first version already, or a newer one, needs none now.
+        """
         stats = self.stats.get(client_id)
         if stats is not None:
             return stats
         client = self.server.add_client(client_id)
-        stats = _ClientStats(namespace=self._client_ns[client_id])
+        stats = _ClientStats(namespace=self.registry.namespace_of(client_id),
+                             seq=SequenceTracker(self._max_seq_gap),
+                             budget=SnapshotBudget(**self._budget))
         with self._lock:
             self.stats[client_id] = stats
         self.get_logger().info(f"new drone '{client_id}' in {stats.namespace}")
         self._send_sampling(client_id, client.asr.rate, client.atr.update_period)
-        up_to_date = drone_model == (self.server.template.model_id, INITIAL_VERSION)
-        if send_snapshot and not up_to_date:
-            self._send_snapshot(client_id)
         return stats
 
-    def _ingest(self, client_id: str, stats: _ClientStats, batch) -> None:
-        if stats.last_seq is not None and batch.seq > stats.last_seq + 1:
-            stats.batches_lost += batch.seq - stats.last_seq - 1
-        stats.last_seq = batch.seq
+    def _on_drone_status(self, client_id: str, status) -> None:
+        """Follow what the drone runs: restarts, divergence from the mirror, sampling drift."""
+        known = client_id in self.stats
+        stats = self._ensure_client(client_id)
+        client = self.server.client(client_id)
+        if not known and not self._diverged(client, status) and not self._runs_mirror(
+                client, status):
+            self._owe_snapshot(client_id, 'first contact')  # no model, or another one
+        elif known and status.frames_received < stats.drone_frames:
+            self.get_logger().info(f"'{client_id}' restarted: sending its model")
+            self._owe_snapshot(client_id, 'restarted')
+        stats.drone_frames = int(status.frames_received)
+        stats.drone_version, stats.drone_digest = status.active_version, status.active_digest
+        stats.drone_fps = status.inference_fps
+        if (stats.last_snapshot is not None
+                and stats.last_snapshot[:2] == (status.model_id, status.active_version)):
+            stats.budget.confirmed()
+        if self._diverged(client, status):
+            self._resync(client_id, stats, client, status)
+        if (not _same_sampling((status.sampling_rate, status.update_period),
+                               (stats.sampling_rate, stats.update_period))
+                and time.monotonic() - stats.sampling_sent_at > SAMPLING_RESEND_S):
+            self._count('sampling_resent')
+            self._send_sampling(client_id, stats.sampling_rate, stats.update_period)
+
+    @staticmethod
+    def _runs_mirror(client, status) -> bool:
+        mirror = client.mirror
+        return ((status.model_id, status.active_version) == (client.template.model_id,
+                                                              mirror.version)
+                and status.active_digest in (b'', mirror.digest))
+
+    @staticmethod
+    def _diverged(client, status) -> bool:
+        """Whether the drone runs a model this ground never made (a version, or a digest)."""
+        mirror = client.mirror
+        if status.model_id != client.template.model_id or status.active_version == 0:
+            return False  # another model, or none: its own requests take care of it
+        return (status.active_version > mirror.version
+                or (status.active_version == mirror.version and bool(status.active_digest)
+                    and status.active_digest != mirror.digest))
+
+    def _resync(self, client_id: str, stats: _ClientStats, client, status) -> None:
+        """Move the mirror's version past the drone's and send the mirror as a snapshot.
+
+        The drone takes a snapshot it did not ask for only as its next version, so the mirror
+        (whose weights are the truth) gets a version one above whatever the drone claims.
+        """
+        landing = (stats.last_snapshot is not None
+                   and stats.last_snapshot[1] > status.active_version
+                   and time.monotonic() - stats.last_snapshot[2] < RESYNC_GRACE_S)
+        if stats.snapshot_wanted or landing:
+            return  # a snapshot that would fix it is owed or on its way: let it land first
+        version = max(client.mirror.version, status.active_version) + 1
+        if version >= MAX_VERSION:
+            version = client.mirror.version  # cannot outbid: its next patch makes it ask
+        client.mirror.reset(version, client.mirror.vector)
+        stats.resyncs += 1
+        self._error(client_id, f'drone runs v{status.active_version} '
+                    f'({bytes(status.active_digest).hex()[:12]}), not the mirror: resync as '
+                    f'v{version}', 'resyncs')
+        self._owe_snapshot(client_id, 'resync')
+
+    def _ingest(self, client_id: str, batch) -> None:
         try:
-            frames = decode_frames(batch.data, batch.codec, batch.width, batch.height,
-                                   len(batch.stamps))
+            frames, damage = decode_frames(batch.data, batch.codec, batch.width, batch.height,
+                                           len(batch.stamps)), None
         except FrameCodecError as e:
-            self._error(client_id, f'batch {batch.seq} not decodable: {e}',
-                        f'decode.{e.reason.value}')
+            frames, damage = None, e
+        if damage is not None and client_id not in self.stats:
+            # Nothing known of this drone but undecodable bytes: no state is made for it.
+            self._error(client_id, f'batch {batch.seq} not decodable: {damage}',
+                        f'decode.{damage.reason.value}')
             return
-        self.server.add_frames(client_id, frames, batch.stamps)
+        stats = self._ensure_client(client_id)
+        verdict = stats.seq.observe(batch.seq)  # a damaged batch still fills its number
+        stats.batches_lost += verdict.lost
+        if not verdict.accepted:
+            self._error(client_id, f'batch {batch.seq} refused: {verdict.reason}',
+                        f'seq.{verdict.reason}')
+            return
+        if damage is not None:
+            self._error(client_id, f'batch {batch.seq} not decodable: {damage}',
+                        f'decode.{damage.reason.value}')
+            return
+        client = self.server.client(client_id)
+        try:
+            client.add_frames(frames, batch.stamps, now=time.monotonic())
+        except StampRefused as e:
+            self._error(client_id, f'batch {batch.seq} refused: {e}', f'stamps.{e.reason}')
+            return
+        if client.stamp_verdict.reason == REANCHOR:
+            self._count('stamp_reanchors')
+            self.get_logger().warning(f"'{client_id}': its clock jumped by "
+                                      f'{client.stamp_verdict.offset:.3f} s; buffer re-anchored')
         stats.batches += 1
         stats.frames += len(frames)
-        decision = self.server.client(client_id).update_rates(max(batch.stamps))
+        decision = client.update_rates(max(batch.stamps))
         if decision is not None:
             self._send_sampling(client_id, decision.sampling_rate, decision.update_period)
 
     def _train_one(self) -> None:
-        client_id = self.server.next_client()
-        if client_id is None:
-            return
-        self._busy = f'training {client_id}'
+        self._busy = 'training'
         started = time.monotonic()
-        _, output = self.server.train_next()
+        phase = self.server.train_next()
+        if phase is None:
+            return
+        client_id, output = phase  # publish to exactly the drone this phase trained
         stats = self.stats[client_id]
         stats.phases += 1
         stats.last_loss = output.result.mean_loss
         stats.last_phase_s = time.monotonic() - started
-        msg = conv.patch_to_msg(output.patch, self.get_clock().now().to_msg())
+        msg = conv.patch_to_msg(output.patch, self.get_clock().now().to_msg(),
+                                signer=self._signer)
         stats.patch_bytes += output.patch.nbytes
-        self._endpoints[self._client_ns[client_id]].patch.publish(msg)
+        # Logged before it is sent: the log is the record of every model this ground produced.
         self.get_logger().info(
-            f"'{client_id}' v{output.patch.version}: loss {output.result.mean_loss:.3f}, "
-            f'{len(output.result.indices)} parameters, {output.patch.nbytes} bytes, phase '
-            f'{stats.last_phase_s:.2f} s')
+            f"'{client_id}' v{output.patch.version} ({output.patch.digest.hex()}): loss "
+            f'{output.result.mean_loss:.3f}, {len(output.result.indices)} parameters, '
+            f'{output.patch.nbytes} bytes, phase {stats.last_phase_s:.2f} s')
+        self._endpoints[stats.namespace].patch.publish(msg)
 
-    def _send_snapshot(self, client_id: str) -> None:
+    def _owe_snapshot(self, client_id: str, reason: str) -> None:
+        """Note that the drone needs its model; it goes when the drone's budget allows."""
         stats = self.stats[client_id]
-        client = self.server.client(client_id)
+        stats.snapshot_wanted = stats.snapshot_wanted or reason
+        self._send_owed_snapshots()
+
+    def _send_owed_snapshots(self) -> None:
         now = time.monotonic()
-        if (stats.last_snapshot is not None and stats.last_snapshot[0] == client.mirror.version
-                and now - stats.last_snapshot[1] < self._snapshot_interval):
-            return  # a burst of requests for the same model: it is on its way
+        for client_id, stats in list(self.stats.items()):
+            if not stats.snapshot_wanted:
+                continue
+            wait = stats.budget.request(now, self._snapshot_size)
+            if wait > 0:
+                self.get_logger().info(f"'{client_id}': snapshot ({stats.snapshot_wanted}) "
+                                       f'deferred {wait:.1f} s by its budget',
+                                       throttle_duration_sec=10.0)
+                continue
+            self._send_snapshot(client_id, stats, now)
+
+    def _send_snapshot(self, client_id: str, stats: _ClientStats, now: float) -> None:
         self._busy = f'snapshot for {client_id}'
-        payload = client.snapshot()
-        self._endpoints[self._client_ns[client_id]].snapshot.publish(
-            conv.snapshot_to_msg(payload, self.get_clock().now().to_msg()))
+        payload = self.server.client(client_id).snapshot()
+        size = len(payload.model_data)
+        self.get_logger().info(f"'{client_id}' v{payload.version} ({payload.digest.hex()}): "
+                               f'snapshot ({stats.snapshot_wanted}), {size} bytes')
+        self._endpoints[stats.namespace].snapshot.publish(
+            conv.snapshot_to_msg(payload, self.get_clock().now().to_msg(), signer=self._signer))
+        stats.budget.sent(now, size)
+        stats.snapshot_wanted = ''
         stats.snapshots += 1
-        stats.last_snapshot = (payload.version, now)
-        self._count('bytes_down', len(payload.model_data))
+        stats.snapshot_bytes += size
+        stats.last_snapshot = (payload.model_id, payload.version, now)
+        self._count('bytes_down', size)
 
     def _send_sampling(self, client_id: str, rate: float, period: float) -> None:
-        stats = self.stats.get(client_id)
-        if stats is not None:
-            stats.sampling_rate, stats.update_period = rate, period
-        self._endpoints[self._client_ns[client_id]].sampling.publish(
-            conv.sampling_control(client_id, rate, period, self.get_clock().now().to_msg()))
+        stats = self.stats[client_id]
+        stats.sampling_rate, stats.update_period = rate, period
+        stats.sampling_sent_at = time.monotonic()
+        self._endpoints[stats.namespace].sampling.publish(conv.sampling_control(
+            client_id, rate, period, self.get_clock().now().to_msg(), signer=self._signer))
 
     # -- status ----------------------------------------------------------------------------
 
@@ -637,9 +809,7 @@ class GroundNode(Node):
 
     def _apply_parameters(self, parameters) -> None:
         for parameter in parameters:
-            if parameter.name == 'snapshot_min_interval':
-                self._snapshot_interval = parameter.value
-            elif parameter.name == 'status_period':
+            if parameter.name == 'status_period':
                 self.status_timer.timer_period_ns = int(parameter.value * 1e9)
                 self.status_timer.reset()
 
@@ -678,7 +848,10 @@ class GroundNode(Node):
                     'batches_lost': stats.batches_lost, 'buffered_frames': len(client.buffer),
                     'pending_frames': client.pending_frames, 'phases': stats.phases,
                     'last_loss': stats.last_loss, 'last_phase_s': stats.last_phase_s,
+                    'mirror_digest': client.mirror.digest.hex(),
                     'patch_bytes': stats.patch_bytes, 'snapshots': stats.snapshots,
+                    'snapshot_bytes': stats.snapshot_bytes,
+                    'snapshot_owed': stats.snapshot_wanted, 'resyncs': stats.resyncs,
                     'phi': client.phi if client.phi is not None else float('nan'),
                     'sampling_rate': stats.sampling_rate, 'update_period': stats.update_period,
                     **{f'errors.{k}': v for k, v in sorted(errors.items())}}))

@@ -3,11 +3,12 @@
 Run as a separate process: `python rogue_publisher.py NAMESPACE`. It does what an attacker
 without the shared key can do on an unprotected DDS graph: it reads the ground's latched
 snapshot off the wire (the model, its version, its digest) and the drone's status (the active
-version), then forges updates that pass every check but the tag: the right client id and
+version), then forges updates that pass every check but the link tag: the right client id and
 model id, base_version = the drone's active version, and a digest that matches the forged
-vector. Once it has all that it prints ``ready v<version>``; then each line read on stdin
-names one attack (ATTACKS), which it publishes before printing ``sent <attack>``. It exits
-when its standard input closes, so it never outlives the test that started it.
+vector; unsigned, or signed with a key of its own. Once it has all that it prints
+``ready v<version>``; then each line read on stdin names one attack (ATTACKS), which it
+publishes before printing ``sent <attack>``. It exits when its standard input closes, so it
+never outlives the test that started it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 
 import numpy as np
 
-from ams_ros.auth import sign
 from ams_ros.manifest import vector_digest
 from ams_ros.model_version import GroundMirror, PatchPayload
 from ams_ros.onnx_params import InitializerWriter
@@ -36,37 +36,46 @@ def malicious_vector(vector: np.ndarray) -> np.ndarray:
     return forged
 
 
-def forge_patch(snapshot: SnapshotPayload, base_version: int, key: bytes | None) -> PatchPayload:
-    """Return a patch from base_version to the malicious vector, signed with key (or unsigned)."""
+def forge_patch(snapshot: SnapshotPayload, base_version: int) -> PatchPayload:
+    """Return a patch from base_version to the malicious vector."""
     vector = open_snapshot(snapshot).vector
-    mirror = GroundMirror(snapshot.client_id, snapshot.model_id, base_version, vector, key=key)
+    mirror = GroundMirror(snapshot.client_id, snapshot.model_id, base_version, vector)
     forged = malicious_vector(vector)
     changed = np.flatnonzero(forged != vector)
     return mirror.make_patch(changed, forged[changed])
 
 
-def forge_snapshot(snapshot: SnapshotPayload, version: int,
-                   key: bytes | None) -> SnapshotPayload:
-    """Return a snapshot of the malicious model at version, signed with key (or unsigned)."""
+def forge_snapshot(snapshot: SnapshotPayload, version: int) -> SnapshotPayload:
+    """Return a snapshot of the malicious model at version."""
     opened = open_snapshot(snapshot)
     forged = malicious_vector(opened.vector)
     writer = InitializerWriter(bytes(snapshot.model_data), opened.manifest)
-    return sign(dataclasses.replace(snapshot, version=version, model_data=writer.write(forged),
-                                    digest=vector_digest(forged), auth_tag=b''), key)
+    return dataclasses.replace(snapshot, version=version, model_data=writer.write(forged),
+                               digest=vector_digest(forged), auth_tag=b'')
 
 
 def attacks(snapshot: SnapshotPayload, active: int) -> dict:
-    """Return each attack's name -> ('patch' or 'snapshot', forged payload)."""
+    """Return each attack's name -> ('patch' or 'snapshot', forged payload, signing key)."""
     return {
-        'unsigned-patch': ('patch', forge_patch(snapshot, active, None)),
-        'wrong-key-patch': ('patch', forge_patch(snapshot, active, ROGUE_KEY)),
+        'unsigned-patch': ('patch', forge_patch(snapshot, active), None),
+        'wrong-key-patch': ('patch', forge_patch(snapshot, active), ROGUE_KEY),
         # Well formed (version = base + 1) but far ahead: unauthenticated, the drone would hold
         # it and ask the ground for a snapshot to fill the gap.
-        'version-jump-patch': ('patch', forge_patch(snapshot, active + VERSION_JUMP,
-                                                    ROGUE_KEY)),
-        'unsigned-snapshot': ('snapshot', forge_snapshot(snapshot, active + 1, None)),
-        'wrong-key-snapshot': ('snapshot', forge_snapshot(snapshot, active + 1, ROGUE_KEY)),
+        'version-jump-patch': ('patch', forge_patch(snapshot, active + VERSION_JUMP),
+                               ROGUE_KEY),
+        'unsigned-snapshot': ('snapshot', forge_snapshot(snapshot, active + 1), None),
+        'wrong-key-snapshot': ('snapshot', forge_snapshot(snapshot, active + 1), ROGUE_KEY),
     }
+
+
+def to_message(kind: str, payload, key: bytes | None):
+    """Return the ams_msgs message of a forged payload, link-signed with key (or unsigned)."""
+    from ams_ros.ros import conversions as conv
+    from ams_ros.ros.link_auth import LinkSigner
+
+    signer = LinkSigner(key) if key else None
+    build = conv.patch_to_msg if kind == 'patch' else conv.snapshot_to_msg
+    return build(payload, signer=signer)
 
 
 def main(namespace: str) -> int:
@@ -109,9 +118,8 @@ def main(namespace: str) -> int:
                "the drone's patch and snapshot subscriptions")
     print(f'ready v{snapshot.version}', flush=True)
     for line in sys.stdin:
-        kind, payload = forged[line.strip()]
-        publishers[kind].publish(conv.patch_to_msg(payload) if kind == 'patch'
-                                 else conv.snapshot_to_msg(payload))
+        kind, payload, key = forged[line.strip()]
+        publishers[kind].publish(to_message(kind, payload, key))
         print(f'sent {line.strip()}', flush=True)
     node.destroy_node()
     rclpy.try_shutdown()
