@@ -642,6 +642,8 @@ class GroundNode(Node):
         if (stats.last_snapshot is not None
                 and stats.last_snapshot[:2] == (status.model_id, status.active_version)):
             stats.budget.confirmed()
+        if stats.snapshot_wanted and self._runs_mirror(client, status):
+            stats.snapshot_wanted = ''  # patches brought it back in step: no snapshot needed
         if self._diverged(client, status):
             self._resync(client_id, stats, client, status)
         if (not _same_sampling((status.sampling_rate, status.update_period),
