@@ -1,25 +1,16 @@
-"""Optional message authentication: HMAC-SHA256 with a key shared by ground and drones.
+"""The key shared by ground and drones, and the unambiguous encoding that signing hashes.
 
-Works on any dataclass with an ``auth_tag`` field (patches, snapshots). The tag covers every other
-field, serialised canonically: each value carries a type byte and a length prefix, and each field
-its name, so no two different messages serialise to the same bytes (no ambiguity from
-concatenation, reordering or renaming). The class name is included too, so a patch's tag can never
-pass as a snapshot's.
-
-Policy: with a key configured, an unsigned or wrongly signed message is rejected ('unsigned',
-'bad-signature'); without a key, tags are ignored. Replays of a genuine message are not caught
-here; version numbers make them harmless (model_version treats them as duplicates).
-
-The encoding (``encode_record``) is shared with ams_ros.ros.link_auth, which signs whole ROS
-messages on the wire, with a counter against replays.
+Messages are signed on the wire, one ams_msgs message at a time, by ams_ros.ros.link_auth
+(HMAC-SHA256 and a counter); the engine itself signs and checks nothing. This module loads the
+key (``load_key``) and serialises field values canonically (``encode_record``,
+``encode_value``): each value carries a type byte and a length prefix, and each field its name,
+so no two different messages serialise to the same bytes (no ambiguity from concatenation,
+reordering or renaming).
 """
 
 from __future__ import annotations
 
 import array
-import dataclasses
-import hashlib
-import hmac
 import os
 import struct
 
@@ -27,7 +18,6 @@ import numpy as np
 
 TAG_FIELD = 'auth_tag'
 MIN_KEY_BYTES = 16
-_DOMAIN = b'ams_ros-auth-v1'
 
 
 def load_key(source: bytes | str | os.PathLike | None) -> bytes | None:
@@ -47,59 +37,15 @@ def load_key(source: bytes | str | os.PathLike | None) -> bytes | None:
     return key
 
 
-def canonical_bytes(message) -> bytes:
-    """Serialise every field but the tag, unambiguously (what the tag is computed over)."""
-    record = dataclass_record(message)
-    if record is None:
-        raise TypeError('only dataclass instances can be signed')
-    name, fields = record
-    return _DOMAIN + encode_record(name, [(n, v) for n, v in fields if n != TAG_FIELD])
-
-
-def compute_tag(message, key: bytes) -> bytes:
-    return hmac.new(key, canonical_bytes(message), hashlib.sha256).digest()
-
-
-def sign(message, key: bytes | None):
-    """Return a copy of the message carrying its tag (unchanged, untagged, when key is None)."""
-    if key is None:
-        return message
-    return dataclasses.replace(message, **{TAG_FIELD: compute_tag(message, key)})
-
-
-def check_tag(message, key: bytes | None) -> str:
-    """Return '' if the message passes the policy, else 'unsigned' or 'bad-signature'."""
-    if key is None:
-        return ''
-    tag = getattr(message, TAG_FIELD, b'')
-    if not tag:
-        return 'unsigned'
-    if not isinstance(tag, (bytes, bytearray, memoryview, array.array)):
-        return 'bad-signature'   # bytes() of an int would allocate that many bytes
-    try:
-        expected = compute_tag(message, key)
-        return '' if hmac.compare_digest(bytes(tag), expected) else 'bad-signature'
-    except (TypeError, ValueError):   # a field or tag of a type that cannot be serialised
-        return 'bad-signature'
-
-
 def _length_prefixed(data: bytes) -> bytes:
     return struct.pack('>Q', len(data)) + data
 
 
-def dataclass_record(value):
-    """Return (class name, [(field name, value)...]) of a dataclass instance, else None."""
-    if not dataclasses.is_dataclass(value) or isinstance(value, type):
-        return None
-    return type(value).__name__, [(f.name, getattr(value, f.name))
-                                  for f in dataclasses.fields(value)]
-
-
-def encode_record(name: str, fields, as_record=dataclass_record) -> bytes:
+def encode_record(name: str, fields, as_record) -> bytes:
     """Encode a named record: its name, its field count, then each field's name and value.
 
     `as_record` says which other values are records too (returns (name, fields) or None):
-    dataclasses here; ROS messages for ams_ros.ros.link_auth.
+    nested ROS messages, for ams_ros.ros.link_auth.
     """
     parts = [b'd', _length_prefixed(name.encode()), struct.pack('>Q', len(fields))]
     for field_name, value in fields:
@@ -107,7 +53,7 @@ def encode_record(name: str, fields, as_record=dataclass_record) -> bytes:
     return b''.join(parts)
 
 
-def encode_value(value, as_record=dataclass_record) -> bytes:
+def encode_value(value, as_record) -> bytes:
     """Type byte + payload; every variable-length payload is length-prefixed."""
     if value is None:
         return b'n'

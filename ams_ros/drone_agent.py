@@ -1,10 +1,11 @@
 """The drone's side of AMS: run the student, apply model updates, sample frames for the ground.
 
 The drone node and the offline harness both drive this class, so what the harness measures is
-what the drone does. Model updates are verified by EdgeModelState (versions, digests, values,
-tags) before the EdgeRuntime builds them off the inference path; a model that fails any check
-is never run. A snapshot the drone did not ask for must also keep the interface of the model it
-runs (model_version's module docstring has the rules).
+what the drone does. Model updates are verified by EdgeModelState (versions, digests, values)
+before the EdgeRuntime builds them off the inference path; a model that fails any check is never
+run. A snapshot the drone did not ask for must also keep the interface of the model it runs
+(model_version's module docstring has the rules). Authenticity is checked before, on the wire
+(ams_ros.ros.link_auth).
 
 The ground's sampling control is kept within DroneConfig's bounds: an absurd rate or period
 (a forged or broken message) would stall the uplink for good or fill the memory with frames.
@@ -86,10 +87,9 @@ class UplinkBatch:
 class DroneAgent:
     """Student inference, verified model updates and uplink sampling for one drone."""
 
-    def __init__(self, config: DroneConfig | None = None, key: bytes | None = None):
+    def __init__(self, config: DroneConfig | None = None):
         self.config = config or DroneConfig()
-        self._key = key
-        self.state = EdgeModelState(key=key, max_pending=self.config.max_pending_patches)
+        self.state = EdgeModelState(max_pending=self.config.max_pending_patches)
         self.sampler = FrameSampler(self.config.sampling_rate, self.config.update_period)
         self.runtime: EdgeRuntime | None = None
         self.class_names: tuple[str, ...] = ()
@@ -141,7 +141,7 @@ class DroneAgent:
         before anything is activated: one ONNX Runtime cannot load is refused as a bad model.
         """
         try:
-            opened = open_snapshot(payload, self._key)
+            opened = open_snapshot(payload)
         except SnapshotError as e:
             return self._snapshot_refused(e)
         same = self._interface is not None and self._interface.matches(opened.interface)

@@ -98,18 +98,16 @@ class GroundClient:
     """Buffer, trainer, mirror and rate controllers of one drone."""
 
     def __init__(self, client_id: str, template: StudentTemplate, teacher,
-                 config: GroundConfig | None = None, *, seed: int = 0,
-                 key: bytes | None = None):
+                 config: GroundConfig | None = None, *, seed: int = 0):
         self.client_id = client_id
         self.template = template
         self.teacher = teacher
         self.config = config or GroundConfig()
-        self._key = key
         self.trainer = Trainer(copy.deepcopy(template.model), template.manifest,
                                self.config.trainer, seed, template.input_spec)
         self.buffer = HorizonBuffer(self.config.trainer.horizon_s)
         self.mirror = GroundMirror(client_id, template.model_id, INITIAL_VERSION,
-                                   self.trainer.weights(), fmt=self.config.patch_format, key=key)
+                                   self.trainer.weights(), fmt=self.config.patch_format)
         self.asr = AdaptiveSamplingRate(self.config.asr)
         self.atr = AdaptiveTrainingRate(self.config.atr)
         self.stamp_guard = StampGuard(self.config.stamps)
@@ -194,4 +192,4 @@ class GroundClient:
         return build_snapshot(client_id=self.client_id, model_id=t.model_id,
                               version=self.mirror.version, writer=self._writer,
                               manifest=t.manifest, vector=self.mirror.vector,
-                              class_names=t.class_names, input_spec=t.input_spec, key=self._key)
+                              class_names=t.class_names, input_spec=t.input_spec)

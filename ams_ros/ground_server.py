@@ -34,7 +34,7 @@ class GroundServer:
 
     def __init__(self, template: StudentTemplate, make_teacher: Callable[[str], object],
                  config: GroundConfig | None = None, *, policy: str = 'round_robin',
-                 phi_floor: float = 0.05, key: bytes | None = None, seed: int = 0):
+                 phi_floor: float = 0.05, seed: int = 0):
         if policy not in POLICIES:
             raise ValueError(f'policy must be one of {POLICIES}, got {policy!r}')
         if phi_floor <= 0:
@@ -44,7 +44,6 @@ class GroundServer:
         self.config = config or GroundConfig()
         self.policy = policy
         self.phi_floor = phi_floor
-        self._key = key
         self._seed = seed
         self._slots: dict[str, _Slot] = {}
         self._decisions = 0
@@ -61,7 +60,7 @@ class GroundServer:
         slot = self._slots.get(client_id)
         if slot is None:
             client = GroundClient(client_id, self.template, self.make_teacher(client_id),
-                                  self.config, seed=self._seed + len(self._slots), key=self._key)
+                                  self.config, seed=self._seed + len(self._slots))
             slot = self._slots[client_id] = _Slot(client)
         return slot.client
 

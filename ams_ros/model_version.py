@@ -21,10 +21,9 @@ What the edge does with a patch (``Outcome.kind``):
   ``MAX_UNREQUESTED_JUMP`` behind: the ground's history is not ours, e.g. after a forged
   snapshot pushed the edge to a high version), or a ``PatchError`` reason (the body does not
   decode);
-- ``rejected``: not acted on at all: ``unsigned`` / ``bad-signature`` (see auth),
-  ``bad-version`` (version is not base_version + 1), or ``non-finite`` / ``out-of-range`` (the
-  result would hold a NaN or infinity, or a value beyond ``value_bound``: the model the edge
-  runs is intact, so it asks for nothing).
+- ``rejected``: not acted on at all: ``bad-version`` (version is not base_version + 1), or
+  ``non-finite`` / ``out-of-range`` (the result would hold a NaN or infinity, or a value beyond
+  ``value_bound``: the model the edge runs is intact, so it asks for nothing).
 
 What the edge does with a snapshot: with no model yet, or when it asked for one
 (``requested``), it activates any snapshot whose digest and values verify, at any version and
@@ -36,11 +35,13 @@ edge ask would let anyone turn their next forged snapshot into a requested one. 
 that fails its digest or values is ``needs_snapshot`` (``digest-mismatch``, ``non-finite``,
 ``out-of-range``, ``snapshot-format``).
 
-Without a key anyone can send a consistent forgery, so a forged model may run for a moment;
-these rules make sure it does not stay: the ground's next genuine patch either fails to apply
-or finds the edge ``diverged``, and the edge asks for the real model; and the ground, which sees
-the edge report a version or digest its mirror does not have, resends the mirror one version
-above the edge's (see ground_node), a snapshot the edge takes unasked.
+Authenticity is not checked here: the nodes verify each message's link tag (see
+ams_ros.ros.link_auth) before its payload gets here. Without a key anyone can send a consistent
+forgery, so a forged model may run for a moment; these rules make sure it does not stay: the
+ground's next genuine patch either fails to apply or finds the edge ``diverged``, and the edge
+asks for the real model; and the ground, which sees the edge report a version or digest its
+mirror does not have, resends the mirror one version above the edge's (see ground_node), a
+snapshot the edge takes unasked.
 
 Not thread-safe: one caller (the node's patch callback) drives an EdgeModelState. The active
 vector is replaced, never modified, so a reader holding the previous one is unaffected.
@@ -56,7 +57,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ams_ros.auth import check_tag, sign
 from ams_ros.manifest import FLAT_DTYPE, vector_digest
 from ams_ros.patch_codec import DEFAULT_FORMAT, PatchError, PatchFormat, apply_patch, encode_patch
 
@@ -84,7 +84,7 @@ VALUE_BOUND_FACTOR = 1000.0
 
 @dataclass(frozen=True)
 class PatchPayload:
-    """One ams_msgs/ModelPatch message's content (all but the header), field for field."""
+    """One ams_msgs/ModelPatch message's content (all but the header and auth fields)."""
 
     client_id: str
     model_id: str
@@ -96,13 +96,12 @@ class PatchPayload:
     value_codec: str
     value_data: bytes
     digest: bytes
-    auth_tag: bytes = b''
 
     @property
     def nbytes(self) -> int:
         """Payload bytes on the wire, without the transport's framing."""
         text = self.client_id + self.model_id + self.index_codec + self.value_codec
-        data = [self.index_data, self.value_data, self.digest, self.auth_tag]
+        data = [self.index_data, self.value_data, self.digest]
         return len(text.encode()) + sum(len(d) for d in data) + 3 * 8   # + 3 uint64
 
 
@@ -122,11 +121,10 @@ class GroundMirror:
     """The ground's exact copy of what one client runs; makes the patches that advance it."""
 
     def __init__(self, client_id: str, model_id: str, version: int, vector: np.ndarray, *,
-                 fmt: PatchFormat = DEFAULT_FORMAT, key: bytes | None = None):
+                 fmt: PatchFormat = DEFAULT_FORMAT):
         self.client_id = client_id
         self.model_id = model_id
         self.fmt = fmt
-        self._key = key
         self.reset(version, vector)
 
     @property
@@ -158,7 +156,7 @@ class GroundMirror:
             index_data=body.index_data, value_codec=body.value_codec,
             value_data=body.value_data, digest=vector_digest(new_vector))
         self._commit(patch.version, new_vector, patch.digest)
-        return sign(patch, self._key)
+        return patch
 
     def _commit(self, version: int, vector: np.ndarray, digest: bytes | None = None) -> None:
         self._version, self._vector = version, vector
@@ -168,10 +166,9 @@ class GroundMirror:
 class EdgeModelState:
     """The edge's active (verified) version and flat vector, advanced by patches and snapshots."""
 
-    def __init__(self, model_id: str = '', *, key: bytes | None = None, max_pending: int = 4):
+    def __init__(self, model_id: str = '', *, max_pending: int = 4):
         self.model_id = model_id
         self.max_pending = max_pending
-        self._key = key
         self._version: int | None = None
         self._vector: np.ndarray | None = None
         self._digest: bytes | None = None   # of the active vector, as verified
@@ -214,9 +211,6 @@ class EdgeModelState:
 
     def offer(self, patch: PatchPayload) -> Outcome:
         """Apply, hold or refuse one patch; see the module docstring for the outcomes."""
-        reason = check_tag(patch, self._key)
-        if reason:
-            return self._event(REJECTED, reason)
         if not _chains(patch):
             return self._event(REJECTED, 'bad-version')
         if self._vector is None:

@@ -3,7 +3,8 @@
 A snapshot is self-contained: the ONNX model with the current parameter values, the parameter
 manifest (so later patches can be applied), class names, input size and normalisation, and the
 digest of the flat vector. The drone activates it only after `open_snapshot` has checked the
-tag, the model, the manifest's one-to-one mapping onto initializers, and the digest.
+model, the manifest's one-to-one mapping onto initializers, and the digest. Authenticity is
+checked before, on the wire (ams_ros.ros.link_auth).
 
 `open_snapshot` also returns the model's `ModelInterface`: what the drone's callers see of it.
 A snapshot the drone did not ask for must keep the interface of the model it runs.
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ams_ros.auth import check_tag, sign
 from ams_ros.manifest import ParameterManifest, vector_digest
 from ams_ros.onnx_params import InitializerWriter, check_initializers, read_vector
 
@@ -37,7 +37,7 @@ class SnapshotError(ValueError):
 
 @dataclass(frozen=True)
 class SnapshotPayload:
-    """One ams_msgs/ModelSnapshot message's content (all but the header), field for field."""
+    """One ams_msgs/ModelSnapshot message's content (all but the header and auth fields)."""
 
     client_id: str
     model_id: str
@@ -51,7 +51,6 @@ class SnapshotPayload:
     mean: tuple[float, float, float]  # 0..255 pixel scale, float32-exact (survives the wire)
     std: tuple[float, float, float]
     digest: bytes
-    auth_tag: bytes = b''
 
     @property
     def nbytes(self) -> int:
@@ -107,26 +106,22 @@ class OpenedSnapshot:
 
 
 def build_snapshot(*, client_id: str, model_id: str, version: int, writer: InitializerWriter,
-                   manifest: ParameterManifest, vector: np.ndarray, class_names, input_spec,
-                   key: bytes | None = None) -> SnapshotPayload:
-    """Serialise the model at `vector` into a (signed, when a key is given) snapshot."""
-    payload = SnapshotPayload(
+                   manifest: ParameterManifest, vector: np.ndarray, class_names,
+                   input_spec) -> SnapshotPayload:
+    """Serialise the model at `vector` into a snapshot."""
+    return SnapshotPayload(
         client_id=client_id, model_id=model_id, version=int(version), format=FORMAT_ONNX,
         model_data=writer.write(vector),
         parameters=tuple((e.name, e.shape, e.offset) for e in manifest.entries),
         class_names=tuple(class_names), input_height=int(input_spec.height),
         input_width=int(input_spec.width), mean=_float32_triplet(input_spec.mean),
         std=_float32_triplet(input_spec.std), digest=vector_digest(vector))
-    return sign(payload, key)
 
 
-def open_snapshot(payload: SnapshotPayload, key: bytes | None = None) -> OpenedSnapshot:
+def open_snapshot(payload: SnapshotPayload) -> OpenedSnapshot:
     """Verify a received snapshot and return its manifest and flat vector."""
     import onnx
 
-    reason = check_tag(payload, key)
-    if reason:
-        raise SnapshotError(reason, 'the snapshot is not signed with the shared key')
     if payload.format != FORMAT_ONNX:
         raise SnapshotError('unknown-format', f"format '{payload.format}' is not onnx")
     try:
@@ -183,7 +178,7 @@ def _finite_triplet(values) -> tuple[float, float, float]:
 
 
 def _float32_triplet(values) -> tuple[float, float, float]:
-    # Stored on the 0..255 pixel scale and rounded to float32, as the message carries it, so a
-    # tag computed here still verifies on the receiving side.
+    # Stored on the 0..255 pixel scale and rounded to float32, as the message carries it, so the
+    # payload comes back from the wire unchanged.
     scaled = np.asarray(values, np.float64) * 255.0
     return tuple(float(v) for v in scaled.astype(np.float32))

@@ -30,7 +30,6 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ams_ros.auth import sign
 from ams_ros.frame_codec import (
     CODECS,
     CodecSettings,
@@ -66,17 +65,15 @@ from ams_ros.ros.image_conversion import (
 )
 
 MIN_INPUTS = 10_000
-KEY = b'fuzzing key of at least 32 bytes'
 
 PATCH_REASONS = {'malformed', 'num-params', 'unknown-codec', 'corrupt-data', 'too-large',
                  'index-format', 'index-range', 'count-mismatch', 'value-format', 'non-finite'}
 OUTCOME_REASONS = {
     NEEDS_SNAPSHOT: {'startup', 'model-id', 'gap', 'digest-mismatch', 'diverged'}
     | PATCH_REASONS - {'non-finite'},
-    REJECTED: {'unsigned', 'bad-signature', 'bad-version', 'non-finite', 'out-of-range'},
+    REJECTED: {'bad-version', 'non-finite', 'out-of-range'},
 }
-SNAPSHOT_REASONS = {'unsigned', 'bad-signature', 'unknown-format', 'bad-manifest', 'bad-model',
-                    'digest-mismatch'}
+SNAPSHOT_REASONS = {'unknown-format', 'bad-manifest', 'bad-model', 'digest-mismatch'}
 # What DroneAgent.load_snapshot answers for a snapshot it does not activate.
 AGENT_REASONS = {f'snapshot-{r}' for r in SNAPSHOT_REASONS} | {'snapshot-format'}
 FRAME_REASONS = set(Reason)
@@ -189,8 +186,7 @@ PATCH_CODECS = (['full', *(f'{s}+{c}' for s in ('bitmask', 'gaps') for c in COMP
 
 @dataclasses.dataclass(frozen=True)
 class PatchSeed:
-    payload: object  # PatchPayload, unsigned
-    signed: object   # the same, signed with KEY
+    payload: object  # PatchPayload
     expected: np.ndarray
 
 
@@ -211,10 +207,8 @@ def patch_seeds():
                                   else INDEX_SCHEMES,
                                   shuffle=((m + c + s) % 2 == 0,))
                 target = base[idx] + rng.normal(0, 0.1, idx.size).astype(FLAT_DTYPE)
-                plain = GroundMirror('d1', MODEL_ID, V0, base, fmt=fmt)
-                payload = plain.make_patch(idx, target)
-                signed = GroundMirror('d1', MODEL_ID, V0, base, fmt=fmt, key=KEY)
-                seeds.append(PatchSeed(payload, signed.make_patch(idx, target), plain.vector))
+                mirror = GroundMirror('d1', MODEL_ID, V0, base, fmt=fmt)
+                seeds.append(PatchSeed(mirror.make_patch(idx, target), mirror.vector))
     return base, seeds
 
 
@@ -239,7 +233,7 @@ def mutate_patch(rng: random.Random, payload, donors):
     """One to three field mutations of a patch payload."""
     changes = {}
     for _ in range(rng.choice((1, 1, 1, 2, 3))):
-        op = rng.randrange(20)
+        op = rng.randrange(19)
         data_field = rng.choice(('index_data', 'value_data'))
         codec_field = 'index_codec' if data_field == 'index_data' else 'value_codec'
         current = changes.get(data_field, getattr(payload, data_field))
@@ -279,17 +273,14 @@ def mutate_patch(rng: random.Random, payload, donors):
         elif op == 17:  # wrong types for any field
             name = rng.choice([f.name for f in dataclasses.fields(payload)])
             changes[name] = rng.choice(WRONG_TYPES)
-        elif op == 18:  # bytes-likes rclpy or a caller may hand over: must decode alike
+        else:  # bytes-likes rclpy or a caller may hand over: must decode alike
             changes[data_field] = rng.choice((bytearray(current), memoryview(current),
                                               array.array('B', current)))
-        else:
-            changes['auth_tag'] = rng.choice((b'', mutate_bytes(rng, bytes(32)),
-                                              *WRONG_TYPES))
     return dataclasses.replace(payload, **changes)
 
 
-def fresh_state(base, key=None) -> EdgeModelState:
-    state = EdgeModelState(MODEL_ID, key=key)
+def fresh_state(base) -> EdgeModelState:
+    state = EdgeModelState(MODEL_ID)
     assert state.load_snapshot(V0, base, vector_digest(base)).kind == APPLIED
     return state
 
@@ -324,14 +315,12 @@ def test_patch_decoder_and_model_state_survive_fuzzing():
     codecs_used = {p.index_codec for p in payloads} | {p.value_codec for p in payloads}
     assert {'full', 'gaps+gzip', 'bitmask+zstd', 'q8-delta+none', 'fp16+shuffle+zstd'} \
         <= codecs_used, codecs_used
-    states = {None: fresh_state(base), KEY: fresh_state(base, KEY)}
+    state = fresh_state(base)
     claimed = {vector_digest(base)}
     decode_reasons, outcomes = Counter(), Counter()
     count = 0
     while count < MIN_INPUTS:
-        seed = rng.choice(seeds)
-        key = KEY if rng.random() < 0.2 else None
-        patch = mutate_patch(rng, seed.signed if key else seed.payload, payloads)
+        patch = mutate_patch(rng, rng.choice(payloads), payloads)
         count += 1
         try:
             new = apply_patch(base, patch)
@@ -345,18 +334,16 @@ def test_patch_decoder_and_model_state_survive_fuzzing():
         digest = getattr(patch, 'digest', None)
         if isinstance(digest, BYTES_LIKE):
             claimed.add(bytes(digest))
-        state = states[key]
         outcome = check_offer(state, patch, claimed)
         outcomes[(outcome.kind, outcome.reason)] += 1
         if outcome.applied_versions:
-            states[key] = fresh_state(base, key)
-    # The seeds still decode and still apply, signed and not.
+            state = fresh_state(base)
+    # The seeds still decode and still apply.
     for seed in seeds:
         np.testing.assert_array_equal(apply_patch(base, seed.payload), seed.expected)
-        for key, patch in ((None, seed.payload), (KEY, seed.signed)):
-            state = fresh_state(base, key)
-            assert state.offer(patch).kind == APPLIED
-            np.testing.assert_array_equal(state.vector, seed.expected)
+        state = fresh_state(base)
+        assert state.offer(seed.payload).kind == APPLIED
+        np.testing.assert_array_equal(state.vector, seed.expected)
     assert count >= MIN_INPUTS
     assert outcomes[(APPLIED, "")] < count // 5  # mostly refused (some change nothing checked)
     print(f'\npatch: {count} inputs in {time.perf_counter() - started:.1f} s'
@@ -401,7 +388,6 @@ def test_arbitrary_patch_fields_are_refused_or_verified(seed, index_codec, index
 
 SNAPSHOT_MODEL_DATA = 200   # each parses 2.4 MB of ONNX (~35 ms)
 SNAPSHOT_DEEP = 60          # small fields, but they reach the parser
-SNAPSHOT_KEYED = 60         # a signed agent: each tag check hashes the model (~25 ms)
 SNAPSHOT_MANIFEST = 1200    # the manifest is rebuilt (~3 ms)
 
 
@@ -422,13 +408,11 @@ def student_snapshots():
     vector = template.initial_vector + rng.normal(0, 1e-3, template.manifest.total_size)
     vector = vector.astype(FLAT_DTYPE)
 
-    def snapshot(key=None):
-        return build_snapshot(client_id='d1', model_id=template.model_id, version=2,
+    snapshot = build_snapshot(client_id='d1', model_id=template.model_id, version=2,
                               writer=writer, manifest=template.manifest, vector=vector,
                               class_names=template.class_names,
-                              input_spec=template.input_spec, key=key)
-
-    return template, vector, snapshot(), snapshot(KEY)
+                              input_spec=template.input_spec)
+    return template, vector, snapshot
 
 
 def graph_regions(model_data: bytes, manifest) -> list[tuple[int, int]]:
@@ -492,7 +476,7 @@ def mutate_parameters(rng: random.Random, parameters):
 def mutate_small_fields(rng: random.Random, payload, first: str | None = None):
     """Mutations of the fields besides model_data; `first` is always among them."""
     names = ['client_id', 'model_id', 'version', 'format', 'parameters', 'class_names',
-             'input_height', 'input_width', 'mean', 'std', 'digest', 'auth_tag']
+             'input_height', 'input_width', 'mean', 'std', 'digest']
     chosen = rng.sample(names, rng.choice((0, 1, 1, 2, 3)))   # a list: a set's order varies
     if first and first not in chosen:
         chosen.append(first)
@@ -504,7 +488,7 @@ def mutate_small_fields(rng: random.Random, payload, first: str | None = None):
             changes[name] = mutate_text(rng, value, ('ONNX', 'onnx ', 'tflite', ''))
         elif name == 'parameters':
             changes[name] = mutate_parameters(rng, value)
-        elif name in ('digest', 'auth_tag'):
+        elif name == 'digest':
             changes[name] = (mutate_bytes(rng, bytes(value)) if draw < 0.7
                              else rng.choice(WRONG_TYPES))
         elif name in ('version', 'input_height', 'input_width'):
@@ -523,8 +507,9 @@ def mutate_small_fields(rng: random.Random, payload, first: str | None = None):
 def check_snapshot(agent, payload, vector: np.ndarray, counter: Counter) -> object:
     """Offer one snapshot; assert only the verified vector activates, and refusals change nothing.
 
-    Without a key the agent trusts the unverified fields (class names, input size, version),
-    so a snapshot that differs only there may be activated: its parameters still verify.
+    The agent trusts the fields the digest does not cover (class names, input size, version:
+    the link tag covers them, before the agent), so a snapshot that differs only there may be
+    activated: its parameters still verify.
     """
     before = (agent.state.version, agent.state.vector, agent.runtime, agent.model_id)
     outcome = agent.load_snapshot(payload)   # must not raise
@@ -549,13 +534,11 @@ def test_snapshot_decoder_and_drone_agent_survive_fuzzing(student_snapshots):
     from ams_ros.snapshot import open_snapshot
 
     started = time.perf_counter()
-    template, vector, plain, signed = student_snapshots
+    template, vector, plain = student_snapshots
     rng = random.Random(62)
     config = DroneConfig(runtime=RuntimeConfig(intra_op_threads=1))
     running = DroneAgent(config)
     assert running.load_model_file(template.onnx_bytes, 1).kind == APPLIED
-    keyed = DroneAgent(config, key=KEY)
-    assert keyed.load_model_file(template.onnx_bytes, 1).kind == APPLIED
     fresh = DroneAgent(config)
     regions = graph_regions(plain.model_data, template.manifest)
     weights = [stop - start for start, stop in regions]   # the nodes, more than the headers
@@ -592,7 +575,7 @@ def test_snapshot_decoder_and_drone_agent_survive_fuzzing(student_snapshots):
             # Mostly refused after the parse; the rest (unverified fields) are activated, and
             # each activation rebuilds the model in ONNX Runtime, the slowest step of all.
             first = rng.choice(('digest',) * 5 + ('version',) * 3 + (
-                'class_names', 'model_id', 'auth_tag', 'mean', 'input_height'))
+                'class_names', 'model_id', 'mean', 'input_height'))
             payload = mutate_small_fields(rng, plain, first)
             payload = dataclasses.replace(payload, format=plain.format,
                                           parameters=plain.parameters)
@@ -603,15 +586,6 @@ def test_snapshot_decoder_and_drone_agent_survive_fuzzing(student_snapshots):
                 fresh = DroneAgent(config)
             count += 1
         done('deep', SNAPSHOT_DEEP)
-        for i in range(SNAPSHOT_KEYED):   # signed: any change to any field is refused
-            payload = mutate_small_fields(rng, signed, rng.choice(('auth_tag', 'client_id')))
-            if i % 5 == 0:
-                data = mutate_bytes(rng, signed.model_data, donors)
-                payload = dataclasses.replace(payload, model_data=data)
-            outcome = check_snapshot(keyed, payload, vector, reasons)
-            assert outcome.kind != APPLIED or payload.auth_tag == signed.auth_tag
-            count += 1
-        done('keyed', SNAPSHOT_KEYED)
         for _ in range(SNAPSHOT_MANIFEST):
             payload = mutate_small_fields(rng, plain, 'parameters')
             check_snapshot(running, payload, vector, reasons)
@@ -619,16 +593,10 @@ def test_snapshot_decoder_and_drone_agent_survive_fuzzing(student_snapshots):
         done('manifest', SNAPSHOT_MANIFEST)
         fast = MIN_INPUTS - count
         for i in range(fast):   # refused before the model is parsed or hashed
-            if i % 3 == 0:   # a signed agent and a message without its tag
-                payload = mutate_small_fields(rng, plain)
-                payload = dataclasses.replace(payload, auth_tag=rng.choice(
-                    (b'', bytearray(), None, 0, '', (), [])))
-                agent = keyed
-            elif i % 3 == 1:   # another format
+            if i % 2 == 0:   # another format
                 payload = mutate_small_fields(rng, plain, 'format')
                 if payload.format == plain.format:
                     payload = dataclasses.replace(payload, format=rng.choice(('', 'ONNX')))
-                agent = running
             else:   # a manifest that is not one at all, or breaks at its first entry
                 bad = rng.choice((None, 5, 'x', b'\x00', [None], [[]], ((),), [('w',)],
                                   [(None, (1,), 0)], [('w', None, 0)], [('w', 'ab', 0)],
@@ -638,22 +606,19 @@ def test_snapshot_decoder_and_drone_agent_survive_fuzzing(student_snapshots):
                 if isinstance(bad, list):
                     bad = tuple(bad) + tuple(plain.parameters[rng.randint(1, 3):])
                 payload = dataclasses.replace(payload, parameters=bad, format=plain.format)
-                agent = running
-            outcome = check_snapshot(agent, payload, vector, reasons)
+            outcome = check_snapshot(running, payload, vector, reasons)
             assert outcome.kind != APPLIED
             count += 1
         done('fast', fast)
-        # The valid snapshots still open and activate, on a running drone and a new one.
+        # The valid snapshot still opens and activates, on a running drone and a new one.
         np.testing.assert_array_equal(open_snapshot(plain).vector, vector)
-        np.testing.assert_array_equal(open_snapshot(signed, KEY).vector, vector)
-        for agent, payload in ((running, plain), (keyed, signed), (fresh, plain)):
-            outcome = agent.load_snapshot(sign(dataclasses.replace(payload, version=99),
-                                               KEY if agent is keyed else None))
+        for agent in (running, fresh):
+            outcome = agent.load_snapshot(dataclasses.replace(plain, version=99))
             assert (outcome.kind, outcome.reason, agent.version) == (APPLIED, 'snapshot', 99)
             np.testing.assert_array_equal(agent.state.vector, vector)
             assert agent.runtime.wait_for_version(99, timeout=60)
     finally:
-        for agent in (running, keyed, fresh):
+        for agent in (running, fresh):
             agent.close()
     assert count == sum(categories.values()) >= MIN_INPUTS
     per_category = ', '.join(f'{k}={categories[k]} in {seconds[k]:.1f} s' for k in categories)
@@ -929,12 +894,9 @@ def test_image_conversion_survives_fuzzing():
 # --- what the fuzzing found, pinned --------------------------------------------------------
 
 def test_fields_of_the_wrong_type_are_refused_not_raised(student_snapshots):
-    from ams_ros.auth import check_tag
     from ams_ros.snapshot import SnapshotError, open_snapshot
 
-    _, _, plain, signed = student_snapshots
-    for tag in (2**64, np.uint64(2**63), 10**12, -1, 3.5, 'tag'):   # bytes(10**12): 1 TB
-        assert check_tag(dataclasses.replace(signed, auth_tag=tag), KEY) == 'bad-signature'
+    _, _, plain = student_snapshots
     first = plain.parameters[0]
     for changes, reason in [
             (dict(digest='abc'), 'digest-mismatch'), (dict(digest=2**64), 'digest-mismatch'),
@@ -962,13 +924,13 @@ def test_a_snapshot_onnx_runtime_cannot_load_leaves_a_new_drone_without_a_model(
         student_snapshots):
     from ams_ros.drone_agent import DroneAgent
 
-    _, vector, plain, _ = student_snapshots
+    _, vector, plain = student_snapshots
     at = plain.model_data.index(b'Relu')   # an op type ONNX Runtime does not know
     broken_graph = plain.model_data[:at] + b'Rdlu' + plain.model_data[at + 4:]
     drone = DroneAgent()
     try:
         for changes in (dict(model_data=broken_graph), dict(class_names=5)):
-            # Both verify (the digest covers the parameters only; no key covers the rest).
+            # Both verify (the digest covers the parameters only; the link tag, the rest).
             outcome = drone.load_snapshot(dataclasses.replace(plain, **changes))
             assert (outcome.kind, outcome.reason) == (NEEDS_SNAPSHOT, 'snapshot-bad-model')
             assert drone.state.version is None and drone.runtime is None

@@ -21,18 +21,17 @@ from ams_ros.patch_codec import DEFAULT_FORMAT, VALUE_MODES, PatchFormat
 
 N = 12_000
 MODEL = 'student-test'
-KEY = b'k' * 32
 
 
 def initial(seed=0):
     return (np.random.default_rng(seed).standard_normal(N) * 0.05).astype(np.float32)
 
 
-def pair(version=7, key=None, max_pending=4, fmt=DEFAULT_FORMAT):
+def pair(version=7, max_pending=4, fmt=DEFAULT_FORMAT):
     """Make a ground mirror and an edge that loaded the same snapshot."""
     start = initial()
-    ground = GroundMirror('drone1', MODEL, version, start, fmt=fmt, key=key)
-    edge = EdgeModelState(MODEL, key=key, max_pending=max_pending)
+    ground = GroundMirror('drone1', MODEL, version, start, fmt=fmt)
+    edge = EdgeModelState(MODEL, max_pending=max_pending)
     assert edge.load_snapshot(version, start, vector_digest(start)).kind == APPLIED
     return ground, edge
 
@@ -214,29 +213,11 @@ def test_vectors_handed_out_are_read_only():
             vec[0] = 1.0
 
 
-def test_signed_patches_with_a_key():
-    ground, edge = pair(key=KEY)
-    patch = next_patch(ground, 0)
-    assert patch.auth_tag
-    unsigned = dataclasses.replace(patch, auth_tag=b'')
-    assert (edge.offer(unsigned).kind, edge.offer(unsigned).reason) == (REJECTED, 'unsigned')
-    forged = dataclasses.replace(patch, value_data=patch.value_data[:-1] + b'\0')
-    assert edge.offer(forged).reason == 'bad-signature'
-    assert edge.version == 7
-    assert edge.offer(patch).kind == APPLIED
-
-
-def test_without_a_key_tags_are_ignored():
-    ground, edge = pair()
-    patch = dataclasses.replace(next_patch(ground, 0), auth_tag=b'garbage')
-    assert edge.offer(patch).kind == APPLIED
-
-
 def test_payload_maps_one_to_one_onto_the_model_patch_message():
+    # All but the header and the link's auth_counter and auth_tag (ams_ros.ros.link_auth).
     fields = [f.name for f in dataclasses.fields(PatchPayload)]
     assert fields == ['client_id', 'model_id', 'base_version', 'version', 'num_params',
-                      'index_codec', 'index_data', 'value_codec', 'value_data', 'digest',
-                      'auth_tag']
+                      'index_codec', 'index_data', 'value_codec', 'value_data', 'digest']
     ground, _ = pair()
     patch = next_patch(ground, 0)
     assert patch.nbytes > len(patch.index_data) + len(patch.value_data) + 32

@@ -25,13 +25,13 @@ from sensor_msgs.msg import Image  # noqa: E402
 from support.processes import spin_until  # noqa: E402
 
 import ams_msgs.msg as M  # noqa: E402
-from ams_ros.auth import check_tag  # noqa: E402
 from ams_ros.drone_agent import UplinkBatch  # noqa: E402
 from ams_ros.frame_codec import decode_frames  # noqa: E402
 from ams_ros.ground_client import GroundClient, GroundConfig, StudentTemplate  # noqa: E402
 from ams_ros.ros import conversions as conv  # noqa: E402
 from ams_ros.ros.ground_node import drone_namespace, stable_shard  # noqa: E402
 from ams_ros.ros.image_conversion import array_to_image  # noqa: E402
+from ams_ros.ros.link_auth import LinkSigner, LinkVerifier  # noqa: E402
 from ams_ros.student import InputSpec, build_student  # noqa: E402
 from ams_ros.trainer import TrainerConfig  # noqa: E402
 from ams_ros.world import CLASS_NAMES, AerialVideo  # noqa: E402
@@ -77,16 +77,20 @@ def wire(msg):
 
 def test_signed_snapshot_and_patch_survive_the_wire(template):
     client = GroundClient('d1', template, Teacher(), GroundConfig(
-        trainer=TrainerConfig(iterations=1, batch_size=1, channels_last=False)), key=KEY)
+        trainer=TrainerConfig(iterations=1, batch_size=1, channels_last=False)))
+    signer = LinkSigner(KEY)
     snapshot = client.snapshot()
-    back = conv.snapshot_from_msg(wire(conv.snapshot_to_msg(snapshot, 12.5)))
-    assert back == snapshot and check_tag(back, KEY) == ''
+    msg = wire(conv.snapshot_to_msg(snapshot, 12.5, signer=signer))
+    assert conv.snapshot_from_msg(msg, verifier=LinkVerifier(KEY)) == snapshot
+    msg.version += 1
+    assert LinkVerifier(KEY).verify(msg, conv.GROUND) == 'bad-signature'
     frames = np.stack([video().render(t, 32, 64)[0] for t in (0.0, 1.0)])
     client.add_frames(frames, [0.0, 1.0])
     patch = client.train_phase().patch
-    back = conv.patch_from_msg(wire(conv.patch_to_msg(patch)))
-    assert back == patch and check_tag(back, KEY) == ''
-    assert check_tag(dataclasses.replace(back, version=back.version + 1), KEY) == 'bad-signature'
+    msg = wire(conv.patch_to_msg(patch, signer=signer))
+    assert conv.patch_from_msg(msg, verifier=LinkVerifier(KEY)) == patch
+    msg.version += 1
+    assert LinkVerifier(KEY).verify(msg, conv.GROUND) == 'bad-signature'
 
 
 def test_frame_batch_and_stamps_survive_the_wire():

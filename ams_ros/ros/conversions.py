@@ -3,11 +3,11 @@
 The engine never sees a ROS message and the nodes never build one by hand: everything that
 crosses DDS goes through here.
 
-Signatures survive the trip. A payload signed on one side verifies on the other because every
-field comes back with the type it was signed with: ``uint8[]`` (an ``array.array`` from rclpy)
-becomes ``bytes``, ``uint32[]`` shapes become tuples of ints, ``float32[3]`` normalisation
-(a numpy array from rclpy) becomes a tuple of floats. Those floats were float32-exact when
-signed (``snapshot.build_snapshot`` rounds them), so they are unchanged by the wire.
+Payloads survive the trip: a reader returns what the builder was given, because every field
+comes back with the type it went with: ``uint8[]`` (an ``array.array`` from rclpy) becomes
+``bytes``, ``uint32[]`` shapes become tuples of ints, ``float32[3]`` normalisation (a numpy
+array from rclpy) becomes a tuple of floats. Those floats are float32-exact
+(``snapshot.build_snapshot`` rounds them), so they are unchanged by the wire.
 
 A message the engine cannot take (wrong type, impossible field) raises ``MessageError`` with
 a short ``reason`` code for counting; nothing else escapes for any received message.
@@ -16,8 +16,7 @@ Link authentication (ams_ros.ros.link_auth). Every builder takes ``signer=``: th
 message gets its counter and tag. Every reader takes ``verifier=`` (and ``sender=``, by default
 the message's client_id for what drones send and ``GROUND`` for what the ground sends) and
 refuses a message it does not accept, reason 'unsigned', 'bad-signature' or 'replayed', before
-using any field. The link tag then replaces the payload tag of patches and snapshots: a payload
-read with a verifier has an empty ``auth_tag``.
+using any field. The counter and tag live on the message only: no payload carries them.
 """
 
 from __future__ import annotations
@@ -193,7 +192,7 @@ def _authenticate(msg, verifier: LinkVerifier | None, sender: str) -> None:
 
 @_building
 def patch_to_msg(payload: PatchPayload, stamp=None, *, signer: LinkSigner | None = None):
-    """Build an ams_msgs/ModelPatch from a PatchPayload; a signer replaces the payload's tag."""
+    """Build an ams_msgs/ModelPatch from a PatchPayload."""
     from ams_msgs.msg import ModelPatch
 
     msg = ModelPatch(header=_header(stamp))
@@ -202,17 +201,13 @@ def patch_to_msg(payload: PatchPayload, stamp=None, *, signer: LinkSigner | None
         'base_version': int(payload.base_version), 'version': int(payload.version),
         'num_params': int(payload.num_params), 'index_codec': payload.index_codec,
         'index_data': _as_bytes(payload.index_data), 'value_codec': payload.value_codec,
-        'value_data': _as_bytes(payload.value_data), 'digest': _as_bytes(payload.digest),
-        'auth_tag': b'' if signer is not None else _as_bytes(payload.auth_tag)})
+        'value_data': _as_bytes(payload.value_data), 'digest': _as_bytes(payload.digest)})
     return _signed(msg, signer)
 
 
 def patch_from_msg(msg, *, verifier: LinkVerifier | None = None,
                    sender: str | None = None) -> PatchPayload:
-    """Return the PatchPayload an ams_msgs/ModelPatch carries.
-
-    Without a verifier its tag still verifies (ams_ros.auth); with one, its tag is empty.
-    """
+    """Return the PatchPayload an ams_msgs/ModelPatch carries."""
     _check_type(msg, 'ModelPatch')
     _authenticate(msg, verifier, sender or GROUND)
     return PatchPayload(
@@ -220,15 +215,14 @@ def patch_from_msg(msg, *, verifier: LinkVerifier | None = None,
         base_version=int(msg.base_version), version=int(msg.version),
         num_params=int(msg.num_params), index_codec=msg.index_codec,
         index_data=_as_bytes(msg.index_data), value_codec=msg.value_codec,
-        value_data=_as_bytes(msg.value_data), digest=_digest(msg.digest, 'patch'),
-        auth_tag=b'' if verifier is not None else _as_bytes(msg.auth_tag))
+        value_data=_as_bytes(msg.value_data), digest=_digest(msg.digest, 'patch'))
 
 
 # -- ModelSnapshot ------------------------------------------------------------------------------
 
 @_building
 def snapshot_to_msg(payload: SnapshotPayload, stamp=None, *, signer: LinkSigner | None = None):
-    """Build an ams_msgs/ModelSnapshot; a signer replaces the payload's tag."""
+    """Build an ams_msgs/ModelSnapshot from a SnapshotPayload."""
     from ams_msgs.msg import ModelSnapshot, ParameterSpec
 
     specs = []
@@ -248,17 +242,13 @@ def snapshot_to_msg(payload: SnapshotPayload, stamp=None, *, signer: LinkSigner 
         'class_names': list(payload.class_names), 'input_height': int(payload.input_height),
         'input_width': int(payload.input_width),
         'mean': np.asarray(payload.mean, np.float32), 'std': np.asarray(payload.std, np.float32),
-        'digest': _as_bytes(payload.digest),
-        'auth_tag': b'' if signer is not None else _as_bytes(payload.auth_tag)})
+        'digest': _as_bytes(payload.digest)})
     return _signed(msg, signer)
 
 
 def snapshot_from_msg(msg, *, verifier: LinkVerifier | None = None,
                       sender: str | None = None) -> SnapshotPayload:
-    """Return the SnapshotPayload an ams_msgs/ModelSnapshot carries.
-
-    Without a verifier its tag still verifies (ams_ros.auth); with one, its tag is empty.
-    """
+    """Return the SnapshotPayload an ams_msgs/ModelSnapshot carries."""
     _check_type(msg, 'ModelSnapshot')
     _authenticate(msg, verifier, sender or GROUND)
     if not (msg.input_height > 0 and msg.input_width > 0):
@@ -272,8 +262,7 @@ def snapshot_from_msg(msg, *, verifier: LinkVerifier | None = None,
                          for p in msg.parameters),
         class_names=tuple(msg.class_names), input_height=int(msg.input_height),
         input_width=int(msg.input_width), mean=tuple(float(v) for v in msg.mean),
-        std=tuple(float(v) for v in msg.std), digest=_digest(msg.digest, 'snapshot'),
-        auth_tag=b'' if verifier is not None else _as_bytes(msg.auth_tag))
+        std=tuple(float(v) for v in msg.std), digest=_digest(msg.digest, 'snapshot'))
 
 
 # -- FrameBatch ---------------------------------------------------------------------------------

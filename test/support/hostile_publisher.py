@@ -123,7 +123,7 @@ class Wire:
         ``tracked``: (version, vector) of the model followed through genuine snapshots and
         patches, used when its version is the one the drone reports.
         """
-        snapshot = dataclasses.replace(conv.snapshot_from_msg(snapshot_msg), auth_tag=b'')
+        snapshot = conv.snapshot_from_msg(snapshot_msg)
         opened = open_snapshot(snapshot)
         active = int(status_msg.active_version)
         vector = opened.vector
@@ -526,7 +526,7 @@ class Listener:
             return
         try:
             payload = conv.snapshot_from_msg(msg)
-            opened = open_snapshot(dataclasses.replace(payload, auth_tag=b''))
+            opened = open_snapshot(payload)
         except (conv.MessageError, ValueError) as e:
             print(f'hostile: unreadable snapshot ignored: {e}', file=sys.stderr, flush=True)
             return

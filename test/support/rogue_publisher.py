@@ -51,7 +51,7 @@ def forge_snapshot(snapshot: SnapshotPayload, version: int) -> SnapshotPayload:
     forged = malicious_vector(opened.vector)
     writer = InitializerWriter(bytes(snapshot.model_data), opened.manifest)
     return dataclasses.replace(snapshot, version=version, model_data=writer.write(forged),
-                               digest=vector_digest(forged), auth_tag=b'')
+                               digest=vector_digest(forged))
 
 
 def attacks(snapshot: SnapshotPayload, active: int) -> dict:
