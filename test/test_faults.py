@@ -124,9 +124,9 @@ class Observer:
                                  RELIABLE)
         self.mask_sub = node.create_subscription(Image, '/ams_drone/mask', self._on_mask,
                                                  RELIABLE)
-        node.create_subscription(String, '/lossy_relay/events',
-                                 lambda m: self.events.append(json.loads(m.data)),
-                                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+        self.events_sub = node.create_subscription(
+            String, '/lossy_relay/events', lambda m: self.events.append(json.loads(m.data)),
+            QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
 
     def _current(self, node, info) -> bool:
         """Return whether a message comes from the current ground or drone (not a killed one)."""
@@ -258,7 +258,10 @@ class System:
 
     def wait_until_up(self) -> float:
         """Wait until the relay takes plans, and ground and drone are up; return when."""
-        self.wait(lambda: self.relay.services_are_ready(), 'the relay did not come up')
+        # The relay's events count the faults: none may go out before this process hears them.
+        self.wait(lambda: self.relay.services_are_ready()
+                  and self.observer.events_sub.get_publisher_count() >= 1,
+                  'the relay did not come up')
         up = max(self.up_at('ground'), self.up_at('drone'))
         self.wait(lambda: self.observer.reports
                   and self.camera.pub.get_subscription_count() >= 1

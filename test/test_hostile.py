@@ -28,7 +28,12 @@ import yaml
 rclpy = pytest.importorskip('rclpy')
 torch = pytest.importorskip('torch')
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import (  # noqa: E402
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from support.processes import Children, child_env, spin_until  # noqa: E402
@@ -44,6 +49,8 @@ SEED, START, FPS = 1003, 100.0, 5.0
 T_UPDATE = 5.0
 DRONE, GROUND = 'ams_drone: drone1', 'ams_ground: drone1'
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
 TIMEOUT = 60.0
 MAX_MASK_GAP_S = 3.0
 SETTLE_S = 60.0  # after the last probe, before memory is compared
@@ -82,11 +89,14 @@ class Hostile:
         self.mask_sub = node.create_subscription(Image, '/drone1/ams_drone/mask',
                                                  lambda _m: self.masks.append(time.monotonic()),
                                                  RELIABLE)
-        for namespace in ('/evil1', '/evil2'):
-            node.create_subscription(ModelPatch, f'{namespace}/ams/patch',
-                                     self.foreign.append, RELIABLE)
-            node.create_subscription(ModelSnapshot, f'{namespace}/ams/snapshot',
-                                     self.foreign.append, RELIABLE)
+        # The ground serves the forger's namespaces once it discovers them: whatever it ever
+        # sent there reaches these (the latched snapshot even after the fact).
+        self.foreign_subs = [
+            sub for namespace in ('/evil1', '/evil2') for sub in (
+                node.create_subscription(ModelPatch, f'{namespace}/ams/patch',
+                                         self.foreign.append, RELIABLE),
+                node.create_subscription(ModelSnapshot, f'{namespace}/ams/snapshot',
+                                         self.foreign.append, LATCHED))]
         self.camera = node.create_publisher(Image, '/drone1/camera/image_raw',
                                             qos_profile_sensor_data)
         node.create_timer(1.0 / FPS, self._tick)
@@ -331,9 +341,12 @@ def test_hostile_clients_are_refused(hostile):
     s.probe('redirect-status')
     s.wait(refused, "drone1's id on /evil2 was not refused")
     s.probe('garbage-frames-new-ns')
+    # One drone served, bound to its own namespace; nothing ever sent to the forger's ones.
+    s.wait(lambda: all(sub.get_publisher_count() for sub in s.foreign_subs),
+           'the ground did not discover the forged namespaces')
     s.spin(2.0)
-    # One drone served, nothing ever sent to the forger's namespaces.
     assert number(s.overall, 'drones') == 1, s.overall
+    assert s.ground['namespace'] == '/drone1', s.ground
     assert s.foreign == [], [type(m).__name__ for m in s.foreign]
     if s.keyed:
         refused = grows(s, 'overall', 'refused.replayed')

@@ -24,6 +24,11 @@ status, diagnostics and snapshot-request retries run on the steady clock, so the
 working while sim time is paused.
 
 Messages for another client_id (a shared topic, a remapping mistake) are counted and ignored.
+With ``auth_key_file`` set, every message is signed on the way out and verified (tag and the
+sender's counter, see link_auth) on the way in, before anything else. What the drone runs follows
+model_version's rules: a snapshot it did not ask for is only a resync of the model it runs, and
+it reports ``warn`` until a patch from the ground builds on that version; a SamplingControl
+outside ``limits.*`` is refused and the last good settings stay.
 """
 
 from __future__ import annotations
