@@ -390,6 +390,11 @@ class Case:
         """
         system, observer = self.system, self.system.observer
         recovery = system.wait_in_sync(fault_end)
+        if not self.before('drone'):
+            # A restarted drone's camera subscription is new: until this process's camera
+            # has matched it (a dead drone's match may still count) it receives no frames.
+            system.wait(lambda: number(observer.drone, 'frames_received') > 0
+                        and observer.masks, 'the restarted drone gets no camera frames')
         if self.before('ground'):
             # Every batch the drone sent is counted: trained on, refused, or lost (a seq gap).
             sent = self.uplink()['sent']
