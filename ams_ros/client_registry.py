@@ -23,10 +23,11 @@ worker expires.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from ams_ros.checks import positive_finite
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,8 @@ class ClientRegistry:
         # buffer holds nothing recent to train on anyway.
         if not (isinstance(max_clients, int) and max_clients >= 1):
             raise ValueError(f'max_clients must be an integer >= 1, got {max_clients}')
-        if not (math.isfinite(idle_timeout_s) and idle_timeout_s > 0):
-            raise ValueError(f'idle_timeout_s must be positive and finite, got {idle_timeout_s}')
         self.max_clients = max_clients
-        self.idle_timeout_s = float(idle_timeout_s)
+        self.idle_timeout_s = positive_finite('idle_timeout_s', idle_timeout_s)
         self._owns = owns
         self._namespace_of: dict[str, str] = {}  # client id -> namespace
         self._client_of: dict[str, str] = {}  # namespace -> client id

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ams_ros.checks import positive_finite
+
 # 30 frames/s for 10 s: 118 MB of 256x512 frames, far more than the paper's buffers (<= 40).
 MAX_BATCH_FRAMES = 300
 
@@ -60,20 +62,14 @@ class SampleBatch:
     update_period: float  # T_update (s) in force when the batch was emitted
 
 
-def _check_positive(name: str, value: float) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f'{name} must be a positive finite number, got {value}')
-    return value
-
 
 class FrameSampler:
     """Sample frames at `rate` frames/s and emit them in batches spanning `update_period` s."""
 
     def __init__(self, rate: float = 1.0, update_period: float = 10.0,
                  reorder_tolerance_s: float = 0.5, max_frames: int = MAX_BATCH_FRAMES):
-        self._rate = _check_positive('rate', rate)
-        self._update_period = _check_positive('update_period', update_period)
+        self._rate = positive_finite('rate', rate)
+        self._update_period = positive_finite('update_period', update_period)
         if not reorder_tolerance_s >= 0:
             raise ValueError(f'reorder_tolerance_s must be >= 0, got {reorder_tolerance_s}')
         if not (isinstance(max_frames, int) and max_frames >= 1):
@@ -103,13 +99,13 @@ class FrameSampler:
 
     def set_rate(self, rate: float) -> None:
         """Sample at `rate` frames/s from now on: next frame due one new period after the last."""
-        self._rate = _check_positive('rate', rate)
+        self._rate = positive_finite('rate', rate)
         if self._last_taken is not None:
             self._next_due = self._last_taken + 1.0 / self._rate
 
     def set_update_period(self, update_period: float) -> None:
         """Close the open window (and later ones) `update_period` s after it opened."""
-        self._update_period = _check_positive('update_period', update_period)
+        self._update_period = positive_finite('update_period', update_period)
 
     def add(self, stamp: float, frame: np.ndarray) -> SampleBatch | None:
         """Offer one camera frame; return a batch when this frame closes a window with samples.

@@ -27,12 +27,7 @@ from __future__ import annotations
 
 import math
 
-
-def _check_positive(name: str, value: float) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f'{name} must be positive and finite, got {value}')
-    return value
+from ams_ros.checks import positive_finite
 
 
 class SnapshotBudget:
@@ -44,10 +39,10 @@ class SnapshotBudget:
         # 2.42 MB snapshot takes 19 s on a 1 Mbit/s link; 10 s sends at most one extra copy.
         # backoff_max_s: the time the default rate takes to earn 1.5 small snapshots; a drone
         # still not running one by then needs an operator, not more snapshots.
-        self.rate_bytes_s = _check_positive('rate_kbps', rate_kbps) * 1000 / 8
-        self.burst_bytes = _check_positive('burst_bytes', burst_bytes)
-        self.backoff_min_s = _check_positive('backoff_min_s', backoff_min_s)
-        self.backoff_max_s = _check_positive('backoff_max_s', backoff_max_s)
+        self.rate_bytes_s = positive_finite('rate_kbps', rate_kbps) * 1000 / 8
+        self.burst_bytes = positive_finite('burst_bytes', burst_bytes)
+        self.backoff_min_s = positive_finite('backoff_min_s', backoff_min_s)
+        self.backoff_max_s = positive_finite('backoff_max_s', backoff_max_s)
         if self.backoff_max_s < self.backoff_min_s:
             raise ValueError('backoff_max_s must not be below backoff_min_s')
         self.pending = False  # a request not answered yet

@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ams_ros.checks import positive_finite
+
 BAD_STAMPS = 'bad-stamps'
 STAMP_JUMP = 'stamp-jump'
 REANCHOR = 'reanchor'
@@ -49,8 +51,7 @@ class StampGuardConfig:
     max_spread_s: float = 160.0
 
     def __post_init__(self):
-        if not (math.isfinite(self.max_jump_s) and self.max_jump_s > 0):
-            raise ValueError(f'max_jump_s must be positive and finite, got {self.max_jump_s}')
+        positive_finite('max_jump_s', self.max_jump_s)
         if not (isinstance(self.confirmations, int) and self.confirmations >= 1):
             raise ValueError(f'confirmations must be an integer >= 1, got {self.confirmations}')
         if not (math.isfinite(self.max_spread_s) and self.max_spread_s >= 0):

@@ -1,16 +1,19 @@
 """The ground's engine: per-drone training into patches and snapshots, and the multi-drone core."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 import torch
+from test_stamp_guard import batch
 
 from ams_ros.ground_client import INITIAL_VERSION, GroundClient, GroundConfig, StudentTemplate
 from ams_ros.ground_server import GroundServer
 from ams_ros.model_version import APPLIED, EdgeModelState
 from ams_ros.rate_control import AsrConfig
 from ams_ros.snapshot import SnapshotError, open_snapshot
+from ams_ros.stamp_guard import REANCHOR, STAMP_JUMP, StampRefused
 from ams_ros.student import InputSpec, build_student
 from ams_ros.trainer import TrainerConfig
 
@@ -180,3 +183,63 @@ def test_clients_come_and_go(template):
     assert server.train_next()[0] == 'b'
     # A returning drone starts over from the template (it will be sent a snapshot).
     assert server.add_client('a').mirror.version == INITIAL_VERSION
+
+
+# -- the ground client keeps its frames ---------------------------------------------------------
+
+def new_client(template):
+    config = GroundConfig(trainer=TrainerConfig(iterations=2, batch_size=2, channels_last=False,
+                                                horizon_s=60.0))
+    return GroundClient('d1', template, ChannelTeacher(), config)
+
+
+def send(client, rng, stamps):
+    return client.add_frames(random_frames(rng, len(stamps)), stamps)
+
+
+def test_a_far_future_batch_is_refused_and_the_buffer_keeps_its_frames(template):
+    rng = np.random.default_rng(1)
+    client = new_client(template)
+    for k in range(3):
+        send(client, rng, batch(1000.0 + 10 * k))
+    buffered = [item.stamp for item in client.buffer.window()]
+    assert len(buffered) == 30
+    calls, pending = client.teacher.calls, client.pending_frames
+    with pytest.raises(StampRefused) as refused:
+        send(client, rng, [1e9])
+    assert refused.value.reason == STAMP_JUMP
+    assert client.stamp_verdict.reason == STAMP_JUMP
+    # Nothing moved: not labelled, not buffered, not evicted.
+    assert [item.stamp for item in client.buffer.window()] == buffered
+    assert client.buffer.newest_stamp == 1029.0
+    assert (client.teacher.calls, client.pending_frames) == (calls, pending)
+    assert client.train_phase().result.iterations == 2
+    send(client, rng, batch(1030.0))
+    assert len(client.buffer) == 40 and client.stamp_verdict.reason == ''
+
+
+@pytest.mark.parametrize('new_clock', [1.7e9, 100.0])  # GPS time sync; a bag that loops
+def test_a_confirmed_clock_jump_keeps_the_frames_and_training_goes_on(template, new_clock):
+    rng = np.random.default_rng(2)
+    client = new_client(template)
+    for k in range(3):
+        send(client, rng, batch(1000.0 + 10 * k))
+    client.train_phase()
+    for k in range(2):
+        with pytest.raises(StampRefused):
+            send(client, rng, batch(new_clock + 10 * k))
+    send(client, rng, batch(new_clock + 20))
+    assert client.stamp_verdict.reason == REANCHOR
+    # The 30 old frames moved onto the new clock, ahead of the new ones, and are still in the
+    # training window.
+    offset = new_clock - 1029.0
+    window = client.buffer.window()
+    assert len(window) == 40
+    assert window[0].stamp == pytest.approx(1000.0 + offset)
+    assert window[29].stamp == pytest.approx(new_clock)
+    assert client.buffer.newest_stamp == pytest.approx(new_clock + 29)
+    output = client.train_phase()
+    assert output.patch.version == 3 and math.isfinite(output.result.mean_loss)
+    # Rate control carried on along the new clock: its update is due as it was, where a clock
+    # going back would otherwise have restarted it.
+    assert client.update_rates(new_clock + 29) is not None

@@ -1,4 +1,4 @@
-"""The per-drone stamp guard, and the ground client keeping its frames through hostile stamps."""
+"""The per-drone stamp guard (the ground client keeping its frames: test_ground_core)."""
 
 import math
 
@@ -14,7 +14,6 @@ from ams_ros.stamp_guard import (
     STAMP_JUMP,
     StampGuard,
     StampGuardConfig,
-    StampRefused,
 )
 
 
@@ -156,101 +155,3 @@ def test_sampling_rate_control_only_compares_stamps_so_a_shift_is_seamless():
         assert rate == reference.update(1000.0 + t + offset)
         updates += rate is not None
     assert updates == 5 and shifted.rate == reference.rate
-
-
-# -- the ground client keeps its frames ---------------------------------------------------------
-
-CLASSES = ('dark', 'red', 'green')
-
-
-class ChannelTeacher:
-    """Labels a pixel by its brightest channel (dark when all are low)."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def label(self, frames, stamps):
-        self.calls += 1
-        frames = np.asarray(frames, np.int32)
-        labels = np.where(frames[..., 0] > frames[..., 1], 1, 2).astype(np.uint8)
-        labels[frames.max(axis=-1) < 60] = 0
-        return labels
-
-
-def random_frames(rng, n):
-    cells = rng.integers(0, 3, (n, 4, 8))
-    palette = np.array([[20, 20, 20], [200, 30, 30], [30, 200, 30]], np.uint8)
-    return palette[cells].repeat(8, axis=1).repeat(8, axis=2)
-
-
-@pytest.fixture(scope='module')
-def template():
-    torch = pytest.importorskip('torch')
-    from ams_ros.ground_client import StudentTemplate
-    from ams_ros.student import InputSpec, build_student
-
-    torch.manual_seed(0)
-    model = build_student('deeplabv3_mbv2_small', len(CLASSES))
-    return StudentTemplate.from_model(model, 'deeplabv3_mbv2_small', CLASSES,
-                                      InputSpec(height=32, width=64))
-
-
-def new_client(template):
-    from ams_ros.ground_client import GroundClient, GroundConfig
-    from ams_ros.trainer import TrainerConfig
-
-    config = GroundConfig(trainer=TrainerConfig(iterations=2, batch_size=2, channels_last=False,
-                                                horizon_s=60.0))
-    return GroundClient('d1', template, ChannelTeacher(), config)
-
-
-def send(client, rng, stamps):
-    return client.add_frames(random_frames(rng, len(stamps)), stamps)
-
-
-def test_a_far_future_batch_is_refused_and_the_buffer_keeps_its_frames(template):
-    rng = np.random.default_rng(1)
-    client = new_client(template)
-    for k in range(3):
-        send(client, rng, batch(1000.0 + 10 * k))
-    buffered = [item.stamp for item in client.buffer.window()]
-    assert len(buffered) == 30
-    calls, pending = client.teacher.calls, client.pending_frames
-    with pytest.raises(StampRefused) as refused:
-        send(client, rng, [1e9])
-    assert refused.value.reason == STAMP_JUMP
-    assert client.stamp_verdict.reason == STAMP_JUMP
-    # Nothing moved: not labelled, not buffered, not evicted.
-    assert [item.stamp for item in client.buffer.window()] == buffered
-    assert client.buffer.newest_stamp == 1029.0
-    assert (client.teacher.calls, client.pending_frames) == (calls, pending)
-    assert client.train_phase().result.iterations == 2
-    send(client, rng, batch(1030.0))
-    assert len(client.buffer) == 40 and client.stamp_verdict.reason == ''
-
-
-@pytest.mark.parametrize('new_clock', [1.7e9, 100.0])  # GPS time sync; a bag that loops
-def test_a_confirmed_clock_jump_keeps_the_frames_and_training_goes_on(template, new_clock):
-    rng = np.random.default_rng(2)
-    client = new_client(template)
-    for k in range(3):
-        send(client, rng, batch(1000.0 + 10 * k))
-    client.train_phase()
-    for k in range(2):
-        with pytest.raises(StampRefused):
-            send(client, rng, batch(new_clock + 10 * k))
-    send(client, rng, batch(new_clock + 20))
-    assert client.stamp_verdict.reason == REANCHOR
-    # The 30 old frames moved onto the new clock, ahead of the new ones, and are still in the
-    # training window.
-    offset = new_clock - 1029.0
-    window = client.buffer.window()
-    assert len(window) == 40
-    assert window[0].stamp == pytest.approx(1000.0 + offset)
-    assert window[29].stamp == pytest.approx(new_clock)
-    assert client.buffer.newest_stamp == pytest.approx(new_clock + 29)
-    output = client.train_phase()
-    assert output.patch.version == 3 and math.isfinite(output.result.mean_loss)
-    # Rate control carried on along the new clock: its update is due as it was, where a clock
-    # going back would otherwise have restarted it.
-    assert client.update_rates(new_clock + 29) is not None

@@ -97,8 +97,12 @@ def read_messages(path: str | Path, topics=()):
 
 # -- QoS ---------------------------------------------------------------------------------------
 
-def bag_qos(reliable: bool, transient_local: bool = False, depth: int = 10):
-    """Return a rosbags Qos (as ros2 bag writes offered profiles)."""
+def bag_qos(reliable: bool, transient_local: bool = False, depth: int = 10,
+            infinite: tuple[int, int] = INFINITE):
+    """Return a rosbags Qos (as ros2 bag writes offered profiles).
+
+    `infinite`: (sec, nsec) that spells an unset duration; rosbag2 releases differ on it.
+    """
     from rosbags.interfaces import (
         Qos,
         QosDurability,
@@ -108,7 +112,7 @@ def bag_qos(reliable: bool, transient_local: bool = False, depth: int = 10):
         QosTime,
     )
 
-    forever = QosTime(*INFINITE)
+    forever = QosTime(*infinite)
     return Qos(QosHistory.KEEP_LAST, depth,
                QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
                QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE,

@@ -16,14 +16,7 @@ from pathlib import Path
 
 import yaml
 from rclpy.serialization import serialize_message
-from rosbags.interfaces import (
-    Qos,
-    QosDurability,
-    QosHistory,
-    QosLiveliness,
-    QosReliability,
-    QosTime,
-)
+from rosbags.interfaces import Qos
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 from rosbags.typesys import get_types_from_msg
 
@@ -132,10 +125,7 @@ def write_case(path: Path, case: Case, topics=TOPICS) -> Path:
 def _storage_qos(case: Case, spec: TopicSpec) -> list[Qos]:
     if case.storage_qos == 'missing':
         return []
-    forever = QosTime(*DURATIONS[case.storage_qos])
-    return [Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE,
-                QosDurability.TRANSIENT_LOCAL if spec.latched else QosDurability.VOLATILE,
-                forever, forever, QosLiveliness.AUTOMATIC, forever, False)]
+    return [bag.bag_qos(True, spec.latched, infinite=DURATIONS[case.storage_qos])]
 
 
 def _metadata_qos(form: str, spec: TopicSpec):
