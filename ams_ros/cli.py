@@ -16,7 +16,7 @@ COMMANDS = {
     'demo': ('ams_ros.ros.demo', 'run a synthetic flight through camera, drone and ground nodes'),
     'bag': ('ams_ros.ros.bag', 'record and replay rosbag2 files without a ROS install'),
     'eval': ('ams_ros.evaluation.runner', "reproduce the paper's tables offline"),
-    'pretrain': ('ams_ros.pretrain', 'pretrain the generic student on the synthetic world'),
+    'pretrain': ('ams_ros.model.pretrain', 'pretrain the generic student on the synthetic world'),
 }
 
 

@@ -171,7 +171,7 @@ def _commands(args) -> list[NodeCommand]:
     ]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM if the launcher dies without stopping it (Linux)."""
     try:
         import ctypes
@@ -201,7 +201,7 @@ class Launcher:
                 # once (a node seeing it twice could skip its clean shutdown).
                 self.processes[command.name] = subprocess.Popen(
                     command.argv, env={**os.environ, **command.env}, start_new_session=True,
-                    preexec_fn=_die_with_parent)
+                    preexec_fn=die_with_parent)
             return self._supervise()
         finally:
             for process in self.processes.values():

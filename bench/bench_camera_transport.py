@@ -45,7 +45,7 @@ def measure(width: int, height: int, frames: int, fps: float, qos: str) -> int:
     import rclpy
     from sensor_msgs.msg import Image
 
-    from ams_ros.ros.drone_node import camera_qos
+    from ams_ros.ros.qos import camera_qos
 
     node = rclpy.create_node('bench_camera_sink')
     stamps = set()

@@ -22,10 +22,10 @@ import time
 import numpy as np
 import torch
 
-from ams_ros.edge_runtime import APPLIED, EdgeRuntime, RuntimeConfig
-from ams_ros.manifest import module_to_vector
-from ams_ros.onnx_export import export_student_onnx
-from ams_ros.student import STUDENT_ARCHS, InputSpec, build_student
+from ams_ros.drone.edge_runtime import APPLIED, EdgeRuntime, RuntimeConfig
+from ams_ros.model.manifest import module_to_vector
+from ams_ros.model.onnx_export import export_student_onnx
+from ams_ros.model.student import STUDENT_ARCHS, InputSpec, build_student
 
 
 def perturbed(base: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from ams_ros.patch_codec import PAPER_FORMAT, PatchFormat, apply_patch, encode_patch
+from ams_ros.wire.patch_codec import PAPER_FORMAT, PatchFormat, apply_patch, encode_patch
 
 UPDATE_PERIOD_S = 10.0   # the paper's T_update: turns bytes per patch into a bitrate
 
@@ -74,10 +74,10 @@ def real_patch(fraction: float, iterations: int, seed: int):
     """Return (base, indices, target values) of a real second training phase."""
     import torch
 
-    from ams_ros.horizon_buffer import HorizonBuffer
-    from ams_ros.manifest import ParameterManifest
-    from ams_ros.student import InputSpec, build_student
-    from ams_ros.trainer import Trainer, TrainerConfig
+    from ams_ros.ground.horizon_buffer import HorizonBuffer
+    from ams_ros.ground.trainer import Trainer, TrainerConfig
+    from ams_ros.model.manifest import ParameterManifest
+    from ams_ros.model.student import InputSpec, build_student
     from ams_ros.world import NUM_CLASSES, AerialVideo
 
     torch.manual_seed(seed)

@@ -17,7 +17,7 @@ import av
 import cv2
 import numpy as np
 
-from ams_ros.frame_codec import CodecSettings, decode_frames, encode_frames, psnr
+from ams_ros.wire.frame_codec import CodecSettings, decode_frames, encode_frames, psnr
 
 
 def landscape(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from ams_ros.pretrain import (
+from ams_ros.model.pretrain import (
     SMALL_CHECKPOINT,
     flight_frames,
     load_student,

@@ -285,7 +285,7 @@ def run(args) -> int:
     from rclpy.signals import SignalHandlerOptions
 
     from ams_ros.launcher import middleware_env
-    from ams_ros.pretrain import SMALL_CHECKPOINT
+    from ams_ros.model.pretrain import SMALL_CHECKPOINT
     from ams_ros.ros.demo import (
         MonitorNode,
         Processes,

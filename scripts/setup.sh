@@ -33,6 +33,8 @@ bash "$root/scripts/build_msgs.sh"
 
 echo "[4/4] ams_ros with its CPU, ground, evaluation, bag and test extras"
 # Not editable: an editable install skips data_files (share/ams_ros, the ament index).
+# setuptools stages the package in build/lib; a stale one would install modules that moved.
+rm -rf "$root/build/lib" "$root"/build/bdist.*
 pip_install "$root[cpu,ground,eval,bag,test]"
 
 python -c 'import rclpy, ams_msgs.msg, ams_ros' && echo "Setup complete: source $venv/bin/activate"

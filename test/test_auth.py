@@ -3,8 +3,8 @@ import array
 import numpy as np
 import pytest
 
-from ams_ros.auth import encode_value, load_key
-from ams_ros.model_version import PatchPayload
+from ams_ros.wire.auth import encode_value, load_key
+from ams_ros.wire.model_version import PatchPayload
 
 KEY = bytes(range(32))
 
@@ -37,11 +37,11 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from std_msgs.msg import Header  # noqa: E402
 
 import ams_msgs.msg as M  # noqa: E402
-from ams_ros.drone_agent import UplinkBatch  # noqa: E402
 from ams_ros.ros import conversions as conv  # noqa: E402
 from ams_ros.ros import link_auth  # noqa: E402
 from ams_ros.ros.link_auth import LinkSigner, LinkVerifier, canonical_message_bytes  # noqa: E402
-from ams_ros.snapshot import SnapshotPayload  # noqa: E402
+from ams_ros.wire.snapshot import SnapshotPayload  # noqa: E402
+from ams_ros.wire.uplink_batch import UplinkBatch  # noqa: E402
 
 OTHER_KEY = b'another key of 32 bytes.........'
 

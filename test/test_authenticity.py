@@ -39,13 +39,13 @@ from test_nodes import (  # noqa: E402
 )
 
 import ams_msgs.msg as M  # noqa: E402
-from ams_ros.drone_agent import DroneAgent  # noqa: E402
-from ams_ros.ground_client import GroundClient, GroundConfig  # noqa: E402
-from ams_ros.model_version import APPLIED, OUT_OF_ORDER  # noqa: E402
+from ams_ros.drone.agent import DroneAgent  # noqa: E402
+from ams_ros.ground.drone_session import DroneSession, GroundConfig  # noqa: E402
+from ams_ros.ground.trainer import TrainerConfig  # noqa: E402
 from ams_ros.ros import conversions as conv  # noqa: E402
 from ams_ros.ros.link_auth import LinkVerifier  # noqa: E402
-from ams_ros.snapshot import open_snapshot  # noqa: E402
-from ams_ros.trainer import TrainerConfig  # noqa: E402
+from ams_ros.wire.model_version import APPLIED, OUT_OF_ORDER  # noqa: E402
+from ams_ros.wire.snapshot import open_snapshot  # noqa: E402
 
 ROGUE = Path(__file__).parent / 'support' / 'rogue_publisher.py'
 
@@ -80,7 +80,7 @@ def read(kind, msg, verifier):
 
 def test_the_forgeries_differ_from_genuine_updates_only_in_their_tag(template):  # noqa: F811
     """Each forgery is refused for its tag alone: signed with the shared key, it would be run."""
-    genuine = GroundClient('a1', template, None, GroundConfig(
+    genuine = DroneSession('a1', template, None, GroundConfig(
         trainer=TrainerConfig(iterations=1, batch_size=1, channels_last=False))).snapshot()
     original = open_snapshot(genuine).vector
     forged = attacks(genuine, genuine.version)

@@ -24,9 +24,9 @@ from ams_ros.evaluation.core import EvalContext, SchemeResult
 from ams_ros.evaluation.link import LinkConfig
 from ams_ros.evaluation.report import matched_downlink, write_report
 from ams_ros.evaluation.sources import CachedSource, SyntheticSource
-from ams_ros.ground_client import GroundConfig
-from ams_ros.student import InputSpec
-from ams_ros.trainer import TrainerConfig
+from ams_ros.ground.drone_session import GroundConfig
+from ams_ros.ground.trainer import TrainerConfig
+from ams_ros.model.student import InputSpec
 
 # -- optical-flow tracking --------------------------------------------------------------------
 
@@ -138,8 +138,8 @@ def test_remote_tracking_sends_a_frame_a_second_and_tracks_the_labels(template, 
 def test_just_in_time_streams_real_patches_at_most_every_266_ms(template, flight):
     # An 8 fps camera: a frame every 375 ms at JIT's top rate; each update is short (5 ms a
     # step), so the ground is never the bottleneck.
-    r = JustInTime(max_updates=2).run(context(template, flight, fps=8.0, eval_stride=4,
-                                              options={'iteration_time_s': 0.005}))
+    r = JustInTime(max_updates=2, iteration_time_s=0.005).run(
+        context(template, flight, fps=8.0, eval_stride=4))
     assert r.name == 'just_in_time'
     phases = r.extra['phases']
     assert r.extra['patches_sent'] > 0 and all(p['steps'] <= 2 for p in phases)

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from ams_ros.client_registry import Admission, ClientRegistry
+from ams_ros.ground.client_registry import Admission, ClientRegistry
 
 NEW = Admission(True, new_client=True)
 KNOWN = Admission(True)

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from ams_ros.edge_runtime import (
+from ams_ros.drone.edge_runtime import (
     APPLIED,
     FAILED,
     EdgeRuntime,
@@ -17,10 +17,11 @@ from ams_ros.edge_runtime import (
     resize_frame,
     select_providers,
 )
-from ams_ros.manifest import module_to_vector, vector_to_module
-from ams_ros.onnx_export import export_student_onnx
-from ams_ros.onnx_params import InitializerWriter
-from ams_ros.student import InputSpec, build_student
+from ams_ros.model.manifest import module_to_vector, vector_to_module
+from ams_ros.model.onnx_export import export_student_onnx
+from ams_ros.model.onnx_params import InitializerWriter
+from ams_ros.model.student import InputSpec, build_student
+from ams_ros.pixels import resize_labels
 
 SPEC = InputSpec(height=64, width=128)
 NUM_CLASSES = 5
@@ -107,8 +108,7 @@ def test_infer_resizes_any_frame_to_the_model_and_the_mask_back(runtime, student
 
     full = runtime.infer(frame, resize_to_input=True)
     assert full.shape == frame.shape[:2]
-    np.testing.assert_array_equal(
-        full, cv2.resize(mask, (160, 90), interpolation=cv2.INTER_NEAREST))
+    np.testing.assert_array_equal(full, resize_labels(mask, 90, 160))  # pixel-centre nearest
 
 
 def test_resize_frame_rejects_non_rgb_uint8():

@@ -11,12 +11,12 @@ from support.tiny_student import calibrated_template
 
 from ams_ros import IGNORE_LABEL
 from ams_ros.cli import main as ams_main
-from ams_ros.drone_agent import DroneConfig
+from ams_ros.drone.agent import DroneConfig
 from ams_ros.evaluation.baselines import JustInTime
 from ams_ros.evaluation.core import EvalContext, SchemeResult
 from ams_ros.evaluation.link import Channel, ChannelConfig, Link, LinkConfig
-from ams_ros.evaluation.runner import PROFILES, base_configs, build_parser, make_variants, resolve
-from ams_ros.evaluation.schemes import Ams, NoCustomization, OneTime
+from ams_ros.evaluation.runner import base_configs, build_parser, make_variants, resolve
+from ams_ros.evaluation.schemes import CONTROL_NBYTES, Ams, NoCustomization, OneTime
 from ams_ros.evaluation.sources import (
     CachedLabelTeacher,
     CachedSource,
@@ -24,11 +24,11 @@ from ams_ros.evaluation.sources import (
     SyntheticSource,
     VideoFileSource,
 )
-from ams_ros.frame_codec import CodecSettings
-from ams_ros.ground_client import GroundConfig
-from ams_ros.rate_control import AtrConfig
-from ams_ros.student import InputSpec
-from ams_ros.trainer import TrainerConfig
+from ams_ros.ground.drone_session import GroundConfig
+from ams_ros.ground.rate_control import AtrConfig
+from ams_ros.ground.trainer import TrainerConfig
+from ams_ros.model.student import InputSpec
+from ams_ros.wire.frame_codec import CodecSettings
 
 # -- link -------------------------------------------------------------------------------------
 
@@ -41,7 +41,7 @@ def test_delivery_is_fifo_serialisation_plus_latency():
     assert channel.send(5.0, 'c', 0) == pytest.approx(5.5)
     assert channel.receive(1.49) == []
     assert channel.receive(1.5) == [(pytest.approx(1.5), 'a')]
-    assert channel.next_delivery() == pytest.approx(2.0)
+    assert channel.receive(1.99) == []
     assert [m for _, m in channel.receive(10.0)] == ['b', 'c']
     assert channel.bytes_sent == 1500 and channel.messages_sent == 3
 
@@ -182,7 +182,9 @@ def test_ams_streams_patches_that_the_drone_applies(ams_result):
     assert all(10.0 < u < 12.0 + 20 for u in r.updates)
     assert r.extra['final_version'] == 1 + len(r.updates) == r.extra['ground_version']
     assert r.downlink_bytes > 0 and r.uplink_bytes > 0
-    assert r.extra['downlink_by_kind']['patch'] == r.downlink_bytes
+    # Patches, and the sampling control the ground sends every drone on first contact.
+    assert r.extra['downlink_by_kind'] == {'patch': r.downlink_bytes - CONTROL_NBYTES,
+                                           'control': CONTROL_NBYTES}
     assert sum(r.bandwidth['downlink']) == pytest.approx(r.downlink_bytes)
     assert r.downlink_kbps == pytest.approx(r.downlink_bytes * 8 / 1000 / 36.0)
     assert len(r.frame_miou) == 18 and 0.0 <= r.miou <= 1.0
@@ -221,7 +223,7 @@ def test_lost_patches_are_recovered_with_a_snapshot(template, flight):
     link = LinkConfig(ChannelConfig(latency_s=0.05),
                       ChannelConfig(latency_s=0.05, loss=0.5))
     r = Ams().run(context(template, flight, link=link, t_update=5.0, seed=1))
-    assert r.extra['downlink_lost'] > 0 and r.extra['patches_held'] > 0
+    assert r.extra['downlink_lost'] > 0 and r.extra['patch.out_of_order'] > 0
     assert r.extra['snapshot_requests'] > 0 and r.extra['snapshots_sent'] > 0
     assert r.extra['downlink_by_kind']['snapshot'] > r.extra['downlink_by_kind']['patch'] / 10
     # After the last snapshot the drone caught up with the ground again.
@@ -246,7 +248,7 @@ def test_ablations_add_the_variants_of_figure_4():
     args = resolve(build_parser().parse_args(
         ['--schemes', 'ams', '--ablation', 't_update', '--t-updates', '20', '30',
          '--ablation', 'jit_threshold', '--jit-thresholds', '0.5', '0.8']))
-    ground, drone = base_configs(args, PROFILES[args.profile])
+    ground, drone = base_configs(args)
     variants = make_variants(args, ground, drone)
     assert [v.label for v in variants] == [
         'ams', 'ams[T_update=20]', 'ams[T_update=30]', 'just_in_time[threshold=0.5]',
@@ -254,4 +256,4 @@ def test_ablations_add_the_variants_of_figure_4():
     assert [v.drone.update_period for v in variants[1:3]] == [20.0, 30.0]
     jit = variants[3:]
     assert all(isinstance(v.scheme, JustInTime) for v in jit)
-    assert [v.scheme.settings for v in jit] == [{'threshold': 0.5}, {'threshold': 0.8}]
+    assert [v.scheme.config.threshold for v in jit] == [0.5, 0.8]

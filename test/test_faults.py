@@ -46,11 +46,11 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 from support.processes import REPO, Children, spin_until  # noqa: E402
 
-from ams_ros.ground_client import StudentTemplate  # noqa: E402
-from ams_ros.manifest import vector_digest  # noqa: E402
-from ams_ros.ros.camera_node import stamp_to_msg  # noqa: E402
+from ams_ros.model.manifest import vector_digest  # noqa: E402
+from ams_ros.model.student import InputSpec, build_student  # noqa: E402
+from ams_ros.model.template import StudentTemplate  # noqa: E402
+from ams_ros.ros.conversions import seconds_to_stamp  # noqa: E402
 from ams_ros.ros.image_conversion import array_to_image  # noqa: E402
-from ams_ros.student import InputSpec, build_student  # noqa: E402
 from ams_ros.world import CLASS_NAMES, AerialVideo  # noqa: E402
 
 RELAY = REPO / 'test' / 'support' / 'lossy_relay.py'
@@ -198,7 +198,7 @@ class Camera:
             return
         t = self.index / FPS
         rgb, _ = self.video.render(t, HEIGHT, WIDTH)
-        header = Header(stamp=stamp_to_msg(START + t), frame_id='camera')
+        header = Header(stamp=seconds_to_stamp(START + t), frame_id='camera')
         self.pub.publish(array_to_image(rgb, 'rgb8', header))
         self.index += 1
 

@@ -6,7 +6,7 @@ import zlib
 import numpy as np
 import pytest
 
-from ams_ros.frame_codec import (
+from ams_ros.wire.frame_codec import (
     CODECS,
     CodecSettings,
     FrameCodecError,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ams_ros.frame_sampler import FrameSampler
+from ams_ros.drone.frame_sampler import FrameSampler
 
 FRAME = np.zeros((4, 6, 3), np.uint8)
 

@@ -30,7 +30,15 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ams_ros.frame_codec import (
+from ams_ros.model.manifest import FLAT_DTYPE, vector_digest
+from ams_ros.ros.image_conversion import (
+    PIXEL_FORMATS,
+    ImageConversionError,
+    array_to_image,
+    image_to_array,
+    image_to_rgb,
+)
+from ams_ros.wire.frame_codec import (
     CODECS,
     CodecSettings,
     FrameCodecError,
@@ -38,8 +46,7 @@ from ams_ros.frame_codec import (
     decode_frames,
     encode_frames,
 )
-from ams_ros.manifest import FLAT_DTYPE, vector_digest
-from ams_ros.model_version import (
+from ams_ros.wire.model_version import (
     APPLIED,
     DUPLICATE,
     NEEDS_SNAPSHOT,
@@ -48,20 +55,13 @@ from ams_ros.model_version import (
     EdgeModelState,
     GroundMirror,
 )
-from ams_ros.patch_codec import (
+from ams_ros.wire.patch_codec import (
     COMPRESSORS,
     INDEX_SCHEMES,
     VALUE_MODES,
     PatchError,
     PatchFormat,
     apply_patch,
-)
-from ams_ros.ros.image_conversion import (
-    PIXEL_FORMATS,
-    ImageConversionError,
-    array_to_image,
-    image_to_array,
-    image_to_rgb,
 )
 
 MIN_INPUTS = 10_000
@@ -394,10 +394,10 @@ SNAPSHOT_MANIFEST = 1200    # the manifest is rebuilt (~3 ms)
 @pytest.fixture(scope='module')
 def student_snapshots():
     torch = pytest.importorskip('torch')
-    from ams_ros.ground_client import StudentTemplate
-    from ams_ros.onnx_params import InitializerWriter
-    from ams_ros.snapshot import build_snapshot
-    from ams_ros.student import InputSpec, build_student
+    from ams_ros.model.onnx_params import InitializerWriter
+    from ams_ros.model.student import InputSpec, build_student
+    from ams_ros.model.template import StudentTemplate
+    from ams_ros.wire.snapshot import build_snapshot
 
     torch.manual_seed(0)
     model = build_student('deeplabv3_mbv2_small', 3)
@@ -529,9 +529,9 @@ def check_snapshot(agent, payload, vector: np.ndarray, counter: Counter) -> obje
 
 
 def test_snapshot_decoder_and_drone_agent_survive_fuzzing(student_snapshots):
-    from ams_ros.drone_agent import DroneAgent, DroneConfig
-    from ams_ros.edge_runtime import RuntimeConfig
-    from ams_ros.snapshot import open_snapshot
+    from ams_ros.drone.agent import DroneAgent, DroneConfig
+    from ams_ros.drone.edge_runtime import RuntimeConfig
+    from ams_ros.wire.snapshot import open_snapshot
 
     started = time.perf_counter()
     template, vector, plain = student_snapshots
@@ -894,7 +894,7 @@ def test_image_conversion_survives_fuzzing():
 # --- what the fuzzing found, pinned --------------------------------------------------------
 
 def test_fields_of_the_wrong_type_are_refused_not_raised(student_snapshots):
-    from ams_ros.snapshot import SnapshotError, open_snapshot
+    from ams_ros.wire.snapshot import SnapshotError, open_snapshot
 
     _, _, plain = student_snapshots
     first = plain.parameters[0]
@@ -922,7 +922,7 @@ def test_fields_of_the_wrong_type_are_refused_not_raised(student_snapshots):
 
 def test_a_snapshot_onnx_runtime_cannot_load_leaves_a_new_drone_without_a_model(
         student_snapshots):
-    from ams_ros.drone_agent import DroneAgent
+    from ams_ros.drone.agent import DroneAgent
 
     _, vector, plain = student_snapshots
     at = plain.model_data.index(b'Relu')   # an op type ONNX Runtime does not know

@@ -8,14 +8,15 @@ import pytest
 import torch
 from test_stamp_guard import batch
 
-from ams_ros.ground_client import INITIAL_VERSION, GroundClient, GroundConfig, StudentTemplate
-from ams_ros.ground_server import GroundServer
-from ams_ros.model_version import APPLIED, EdgeModelState
-from ams_ros.rate_control import AsrConfig
-from ams_ros.snapshot import SnapshotError, open_snapshot
-from ams_ros.stamp_guard import REANCHOR, STAMP_JUMP, StampRefused
-from ams_ros.student import InputSpec, build_student
-from ams_ros.trainer import TrainerConfig
+from ams_ros.ground.drone_session import INITIAL_VERSION, DroneSession, GroundConfig
+from ams_ros.ground.phase_scheduler import PhaseScheduler
+from ams_ros.ground.rate_control import AsrConfig
+from ams_ros.ground.stamp_guard import REANCHOR, STAMP_JUMP, StampRefused
+from ams_ros.ground.trainer import TrainerConfig
+from ams_ros.model.student import InputSpec, build_student
+from ams_ros.model.template import StudentTemplate
+from ams_ros.wire.model_version import APPLIED, EdgeModelState
+from ams_ros.wire.snapshot import SnapshotError, open_snapshot
 
 CLASSES = ('dark', 'red', 'green')
 SPEC = InputSpec(height=32, width=64)
@@ -62,7 +63,7 @@ def feed(client, rng, n, start):
 
 def test_patches_keep_the_drone_identical_to_the_mirror(template):
     rng = np.random.default_rng(0)
-    client = GroundClient('d1', template, ChannelTeacher(), fast_config())
+    client = DroneSession('d1', template, ChannelTeacher(), fast_config())
     opened = open_snapshot(client.snapshot())
     edge = EdgeModelState()
     assert edge.load_snapshot(INITIAL_VERSION, opened.vector, client.snapshot().digest,
@@ -80,7 +81,7 @@ def test_patches_keep_the_drone_identical_to_the_mirror(template):
 
 def test_snapshot_carries_the_current_model(template):
     rng = np.random.default_rng(2)
-    client = GroundClient('d1', template, ChannelTeacher(), fast_config())
+    client = DroneSession('d1', template, ChannelTeacher(), fast_config())
     feed(client, rng, 4, start=0.0)
     client.train_phase()
     snap = client.snapshot()
@@ -101,7 +102,7 @@ def test_snapshot_carries_the_current_model(template):
     ('parameters', (('x', (3,), 5),), 'bad-manifest'),
 ])
 def test_damaged_snapshots_are_refused(template, field, value, reason):
-    snap = GroundClient('d1', template, ChannelTeacher(), fast_config()).snapshot()
+    snap = DroneSession('d1', template, ChannelTeacher(), fast_config()).snapshot()
     with pytest.raises(SnapshotError) as err:
         open_snapshot(dataclasses.replace(snap, **{field: value}))
     assert err.value.reason == reason
@@ -109,8 +110,8 @@ def test_damaged_snapshots_are_refused(template, field, value, reason):
 
 def test_sampling_rate_follows_scene_change(template):
     rng = np.random.default_rng(3)
-    calm = GroundClient('calm', template, ChannelTeacher(), fast_config())
-    busy = GroundClient('busy', template, ChannelTeacher(), fast_config())
+    calm = DroneSession('calm', template, ChannelTeacher(), fast_config())
+    busy = DroneSession('busy', template, ChannelTeacher(), fast_config())
     still = random_frames(rng, 1)
     calm.add_frames(np.repeat(still, 12, axis=0), [float(t) for t in range(12)])
     feed(busy, rng, 12, start=0.0)
@@ -121,34 +122,34 @@ def test_sampling_rate_follows_scene_change(template):
     assert calm.phi == 0.0 and busy.phi > 0.3
 
 
-def make_server(template, policy):
-    return GroundServer(template, lambda cid: ChannelTeacher(),
+def make_scheduler(template, policy):
+    return PhaseScheduler(template, lambda cid: ChannelTeacher(),
                         fast_config(iterations=1, batch_size=1), policy=policy)
 
 
 def test_round_robin_serves_waiting_drones_in_turn(template):
     rng = np.random.default_rng(4)
-    server = make_server(template, 'round_robin')
+    scheduler = make_scheduler(template, 'round_robin')
     for cid in ('a', 'b', 'c'):
-        server.add_frames(cid, random_frames(rng, 2), [0.0, 1.0])
-    order = [server.train_next()[0] for _ in range(3)]
+        scheduler.add(cid).add_frames(random_frames(rng, 2), [0.0, 1.0])
+    order = [scheduler.train_next()[0] for _ in range(3)]
     assert sorted(order) == ['a', 'b', 'c']
-    assert server.train_next() is None  # nobody has new frames
-    server.add_frames('b', random_frames(rng, 1), [2.0])
-    assert server.train_next()[0] == 'b'
+    assert scheduler.train_next() is None  # nobody has new frames
+    scheduler.add('b').add_frames(random_frames(rng, 1), [2.0])
+    assert scheduler.train_next()[0] == 'b'
 
 
 def test_phi_weighted_gives_changing_scenes_more_phases(template):
     rng = np.random.default_rng(5)
-    server = make_server(template, 'phi_weighted')
+    scheduler = make_scheduler(template, 'phi_weighted')
     still = random_frames(rng, 1)
     counts = {'calm': 0, 'busy': 0}
     for step in range(12):
-        server.add_frames('calm', still, [float(step)])
-        server.add_frames('busy', random_frames(rng, 1), [float(step)])
+        scheduler.add('calm').add_frames(still, [float(step)])
+        scheduler.add('busy').add_frames(random_frames(rng, 1), [float(step)])
         for cid in counts:
-            server.client(cid).update_rates(float(step))
-        counts[server.train_next()[0]] += 1
+            scheduler.session(cid).update_rates(float(step))
+        counts[scheduler.train_next()[0]] += 1
     assert counts['busy'] > 2 * counts['calm'] > 0
 
 
@@ -159,30 +160,30 @@ def test_phi_weighted_phase_output_belongs_to_the_drone_it_was_scheduled_for(tem
     trains and its own mirror (and only its own) moves on.
     """
     rng = np.random.default_rng(7)
-    server = make_server(template, 'phi_weighted')
+    scheduler = make_scheduler(template, 'phi_weighted')
     for step in range(3):
-        server.add_frames('calm', random_frames(rng, 1) * 0, [float(step)])
-        server.add_frames('busy', random_frames(rng, 1), [float(step)])
-    versions = {cid: server.client(cid).mirror.version for cid in ('calm', 'busy')}
+        scheduler.add('calm').add_frames(random_frames(rng, 1) * 0, [float(step)])
+        scheduler.add('busy').add_frames(random_frames(rng, 1), [float(step)])
+    versions = {cid: scheduler.session(cid).mirror.version for cid in ('calm', 'busy')}
     for _ in range(2):
-        client_id, output = server.train_next()
+        client_id, output = scheduler.train_next()
         assert output.patch.client_id == client_id
-        assert output.patch.version == server.client(client_id).mirror.version
+        assert output.patch.version == scheduler.session(client_id).mirror.version
         versions[client_id] += 1
-        assert {cid: server.client(cid).mirror.version for cid in versions} == versions
-    assert server.train_next() is None
+        assert {cid: scheduler.session(cid).mirror.version for cid in versions} == versions
+    assert scheduler.train_next() is None
 
 
 def test_clients_come_and_go(template):
     rng = np.random.default_rng(6)
-    server = make_server(template, 'round_robin')
-    server.add_frames('a', random_frames(rng, 1), [0.0])
-    server.add_frames('b', random_frames(rng, 1), [0.0])
-    server.remove_client('a')
-    assert server.client_ids == ['b']
-    assert server.train_next()[0] == 'b'
+    scheduler = make_scheduler(template, 'round_robin')
+    scheduler.add('a').add_frames(random_frames(rng, 1), [0.0])
+    scheduler.add('b').add_frames(random_frames(rng, 1), [0.0])
+    scheduler.remove('a')
+    assert scheduler.client_ids == ['b']
+    assert scheduler.train_next()[0] == 'b'
     # A returning drone starts over from the template (it will be sent a snapshot).
-    assert server.add_client('a').mirror.version == INITIAL_VERSION
+    assert scheduler.add('a').mirror.version == INITIAL_VERSION
 
 
 # -- the ground client keeps its frames ---------------------------------------------------------
@@ -190,7 +191,7 @@ def test_clients_come_and_go(template):
 def new_client(template):
     config = GroundConfig(trainer=TrainerConfig(iterations=2, batch_size=2, channels_last=False,
                                                 horizon_s=60.0))
-    return GroundClient('d1', template, ChannelTeacher(), config)
+    return DroneSession('d1', template, ChannelTeacher(), config)
 
 
 def send(client, rng, stamps):

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ams_ros.horizon_buffer import HorizonBuffer
+from ams_ros.ground.horizon_buffer import HorizonBuffer
 
 
 def frame(value=0):

@@ -39,7 +39,7 @@ from std_msgs.msg import Header  # noqa: E402
 from support.processes import Children, child_env, spin_until  # noqa: E402
 
 from ams_msgs.msg import ModelPatch, ModelSnapshot  # noqa: E402
-from ams_ros.ros.camera_node import stamp_to_msg  # noqa: E402
+from ams_ros.ros.conversions import seconds_to_stamp  # noqa: E402
 from ams_ros.ros.image_conversion import array_to_image  # noqa: E402
 from ams_ros.world import AerialVideo  # noqa: E402
 
@@ -104,7 +104,7 @@ class Hostile:
     def _tick(self) -> None:
         t = self.frame_index / FPS
         rgb, _ = self.video.render(t, HEIGHT, WIDTH)
-        header = Header(stamp=stamp_to_msg(START + t), frame_id='camera')
+        header = Header(stamp=seconds_to_stamp(START + t), frame_id='camera')
         self.camera.publish(array_to_image(rgb, 'rgb8', header))
         self.frame_index += 1
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from ams_ros.manifest import ParameterManifest, module_to_vector, vector_to_module
-from ams_ros.masked_adam import MaskedAdam, MaskedSGD
-from ams_ros.selection import GRADIENT_GUIDED, select_indices
+from ams_ros.ground.masked_adam import MaskedAdam, MaskedSGD
+from ams_ros.ground.selection import GRADIENT_GUIDED, select_indices
+from ams_ros.model.manifest import ParameterManifest, module_to_vector, vector_to_module
 
 LR, BETAS, EPS = 1e-2, (0.9, 0.999), 1e-8
 

@@ -3,8 +3,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ams_ros.manifest import vector_digest
-from ams_ros.model_version import (
+from ams_ros.model.manifest import vector_digest
+from ams_ros.wire.model_version import (
     APPLIED,
     DIGEST_HISTORY,
     DUPLICATE,
@@ -17,7 +17,7 @@ from ams_ros.model_version import (
     GroundMirror,
     PatchPayload,
 )
-from ams_ros.patch_codec import DEFAULT_FORMAT, VALUE_MODES, PatchFormat
+from ams_ros.wire.patch_codec import DEFAULT_FORMAT, VALUE_MODES, PatchFormat
 
 N = 12_000
 MODEL = 'student-test'

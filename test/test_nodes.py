@@ -18,22 +18,24 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 torch = pytest.importorskip('torch')
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from support.processes import spin_until  # noqa: E402
 
 import ams_msgs.msg as M  # noqa: E402
-from ams_ros.drone_agent import UplinkBatch  # noqa: E402
-from ams_ros.frame_codec import decode_frames  # noqa: E402
-from ams_ros.ground_client import GroundClient, GroundConfig, StudentTemplate  # noqa: E402
+from ams_ros.ground.client_registry import stable_shard  # noqa: E402
+from ams_ros.ground.drone_session import DroneSession, GroundConfig  # noqa: E402
+from ams_ros.ground.trainer import TrainerConfig  # noqa: E402
+from ams_ros.model.student import InputSpec, build_student  # noqa: E402
+from ams_ros.model.template import StudentTemplate  # noqa: E402
 from ams_ros.ros import conversions as conv  # noqa: E402
-from ams_ros.ros.ground_node import drone_namespace, stable_shard  # noqa: E402
+from ams_ros.ros.ground_node import drone_namespace  # noqa: E402
 from ams_ros.ros.image_conversion import array_to_image  # noqa: E402
 from ams_ros.ros.link_auth import LinkSigner, LinkVerifier  # noqa: E402
-from ams_ros.student import InputSpec, build_student  # noqa: E402
-from ams_ros.trainer import TrainerConfig  # noqa: E402
+from ams_ros.wire.frame_codec import decode_frames  # noqa: E402
+from ams_ros.wire.uplink_batch import UplinkBatch  # noqa: E402
 from ams_ros.world import CLASS_NAMES, AerialVideo  # noqa: E402
 
 KEY = b'k' * 32
@@ -76,7 +78,7 @@ def wire(msg):
 
 
 def test_signed_snapshot_and_patch_survive_the_wire(template):
-    client = GroundClient('d1', template, Teacher(), GroundConfig(
+    client = DroneSession('d1', template, Teacher(), GroundConfig(
         trainer=TrainerConfig(iterations=1, batch_size=1, channels_last=False)))
     signer = LinkSigner(KEY)
     snapshot = client.snapshot()
@@ -119,7 +121,7 @@ def test_malformed_messages_are_refused_with_a_reason(template):
     assert reason(conv.patch_from_msg, M.ModelPatch(digest=bytes(32))) == 'no-client-id'
     assert reason(conv.snapshot_from_msg, M.ModelPatch()) == 'wrong-type'
     assert reason(conv.seconds_to_stamp, -1.0) == 'bad-stamp'
-    patch = GroundClient('d1', template, Teacher()).mirror.make_patch(
+    patch = DroneSession('d1', template, Teacher()).mirror.make_patch(
         np.array([0]), np.array([0.5], np.float32))
     assert reason(conv.patch_to_msg, dataclasses.replace(patch, version=-1)) == 'bad-field'
 
@@ -142,12 +144,12 @@ def test_drone_namespaces_are_read_off_topic_names():
 
 # -- nodes as processes -----------------------------------------------------------------------
 
-def start(module, tmp_path, name, *ros_args):
+def start(module, tmp_path, name, *ros_args, env=None):
     log = open(tmp_path / f'{name}.log', 'w')
     process = subprocess.Popen(
         [sys.executable, '-c', WRAPPER, module, '--ros-args', *ros_args],
         stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)})
+        env={**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path), **(env or {})})
     process.log_path = tmp_path / f'{name}.log'
     return process
 
@@ -355,3 +357,30 @@ def test_ground_streams_a_model_to_a_drone_and_it_advances(system):
     assert status['t1'] and status['t1'][-1].active_version == 1
     for process in processes.values():
         assert process.poll() is None, logs(processes)
+
+
+def test_ground_spins_while_its_student_is_prepared(tmp_path):
+    """A packaged student neither shipped nor cached is pretrained after the node is up."""
+    ground = start('ams_ros.ros.ground_node', tmp_path, 'ground', *params(
+        student='pretrained', device='cpu', torch_threads=1, discover=False,
+        status_period=0.5), env={'XDG_CACHE_HOME': str(tmp_path / 'cache')})
+    rclpy.init()
+    node = rclpy.create_node('ams_preparing_test')
+    diagnostics = []
+    try:
+        node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+
+        def preparing():
+            return next((s for a in diagnostics for s in a.status if s.name == 'ams_ground'),
+                        None)
+
+        assert spin_until(node, lambda: preparing() is not None, 60), logs({'ground': ground})
+        status = preparing()
+        values = {kv.key: kv.value for kv in status.values}
+        assert values['student'].startswith('pretraining the packaged student pretrained')
+        assert status.level == DiagnosticStatus.WARN and ground.poll() is None
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        ground.kill()  # its worker is pretraining: no need to wait for it
+        ground.wait()

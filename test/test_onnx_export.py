@@ -9,10 +9,15 @@ import pytest
 import torch
 from onnx import helper
 
-from ams_ros.manifest import ParameterEntry, ParameterManifest, module_to_vector, vector_to_module
-from ams_ros.onnx_export import export_student_onnx
-from ams_ros.onnx_params import InitializerWriter, check_initializers, read_vector
-from ams_ros.student import InputSpec, build_student
+from ams_ros.model.manifest import (
+    ParameterEntry,
+    ParameterManifest,
+    module_to_vector,
+    vector_to_module,
+)
+from ams_ros.model.onnx_export import export_student_onnx
+from ams_ros.model.onnx_params import InitializerWriter, check_initializers, read_vector
+from ams_ros.model.student import InputSpec, build_student
 
 SPEC = InputSpec(height=64, width=128)
 NUM_CLASSES = 5

@@ -7,7 +7,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ams_ros.patch_codec import (
+from ams_ros.wire.patch_codec import (
     COMPRESSORS,
     PAPER_FORMAT,
     VALUE_MODES,

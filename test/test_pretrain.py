@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ams_ros.pretrain import (
+from ams_ros.model.pretrain import (
     SMALL_CHECKPOINT,
     FramePool,
     PretrainConfig,
@@ -124,7 +124,8 @@ def test_pretraining_never_uses_held_out_worlds():
 @pytest.fixture(scope='module')
 def committed():
     if not SMALL_CHECKPOINT.exists():
-        pytest.fail(f'{SMALL_CHECKPOINT} is missing: run `ams pretrain` (see ams_ros/pretrain.py)')
+        pytest.fail(f'{SMALL_CHECKPOINT} is missing: run `ams pretrain` '
+                    '(see ams_ros/model/pretrain.py)')
     return load_student(SMALL_CHECKPOINT)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ams_ros import IGNORE_LABEL
-from ams_ros.rate_control import (
+from ams_ros.ground.rate_control import (
     AdaptiveSamplingRate,
     AdaptiveTrainingRate,
     AsrConfig,

@@ -23,7 +23,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from support.processes import Children, spin_until  # noqa: E402
 
 from ams_msgs.msg import EdgeStatus  # noqa: E402
-from ams_ros.demo_report import STATUS_FIELDS, DemoMonitor  # noqa: E402
+from ams_ros.evaluation.demo_report import STATUS_FIELDS, DemoMonitor  # noqa: E402
 from ams_ros.ros import bag  # noqa: E402
 from ams_ros.ros.image_conversion import array_to_image, image_to_array, image_to_rgb  # noqa
 from ams_ros.world import CLASS_NAMES  # noqa: E402
@@ -43,8 +43,8 @@ def student(tmp_path_factory):
     """Make a fresh small student: checkpoint (.pt + .json) for the ground, ONNX for the drone."""
     import torch
 
-    from ams_ros.pretrain import StudentMetadata, export_onnx, save_student
-    from ams_ros.student import IMAGENET_MEAN, IMAGENET_STD, build_student
+    from ams_ros.model.pretrain import StudentMetadata, export_onnx, save_student
+    from ams_ros.model.student import IMAGENET_MEAN, IMAGENET_STD, build_student
 
     folder = tmp_path_factory.mktemp('student')
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def adaptation_student(tmp_path_factory, student):
     Adaptation has to turn a student that segments into one that segments this flight better;
     a freshly initialised student predicts one class and a few patches do not change that.
     """
-    from ams_ros.pretrain import SMALL_CHECKPOINT, StudentMetadata, export_onnx, load_student
+    from ams_ros.model.pretrain import SMALL_CHECKPOINT, StudentMetadata, export_onnx, load_student
 
     if not SMALL_CHECKPOINT.is_file():
         return (*student, HEIGHT, WIDTH, False)
@@ -197,7 +197,7 @@ def test_bag_into_drone_and_ground_adapts_and_beats_no_update(adapted_run):
     assert summary['accuracy']['whole_run']['frames_compared'] >= 80, summary['monitor']
     if not pretrained:
         pytest.skip('the accuracy comparison needs the packaged pretrained student '
-                    '(ams_ros/data, made by ams_ros.pretrain)')
+                    '(ams_ros/data, made by ams_ros.model.pretrain)')
     # The frames the drone segmented after two patches, against the student it started from.
     adapted = summary['after_two_patches']
     assert adapted['frames_compared'] >= 15, (adapted, summary['model'])

@@ -27,10 +27,10 @@ from sensor_msgs.msg import Image  # noqa: E402
 from support.processes import Children, spin_until  # noqa: E402
 
 from ams_msgs.msg import ModelPatch  # noqa: E402
-from ams_ros.ground_client import StudentTemplate  # noqa: E402
+from ams_ros.model.student import InputSpec, build_student  # noqa: E402
+from ams_ros.model.template import StudentTemplate  # noqa: E402
 from ams_ros.ros import conversions as conv  # noqa: E402
 from ams_ros.ros.image_conversion import array_to_image  # noqa: E402
-from ams_ros.student import InputSpec, build_student  # noqa: E402
 from ams_ros.world import CLASS_NAMES  # noqa: E402
 
 ARCH, SPEC = 'deeplabv3_mbv2_small', InputSpec(height=32, width=64)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ams_ros.selection import (
+from ams_ros.ground.selection import (
     FIRST_LAST,
     FIRST_LAYERS,
     FULL,
@@ -12,7 +12,6 @@ from ams_ros.selection import (
     LAST_LAYERS,
     RANDOM,
     STRATEGIES,
-    indices_to_mask,
     select_indices,
     selection_size,
 )
@@ -87,8 +86,6 @@ def test_gauss_southwell_ranks_the_gradient_and_needs_it():
         select_indices(GAUSS_SOUTHWELL, N, 0.05, gradient=np.zeros(N - 1))
 
 
-def test_unknown_strategy_and_mask():
+def test_unknown_strategy_is_refused():
     with pytest.raises(ValueError):
         select_indices('biggest_layers', N)
-    mask = indices_to_mask(np.array([1, 4]), 6)
-    np.testing.assert_array_equal(mask, [False, True, False, False, True, False])

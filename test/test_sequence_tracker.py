@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ams_ros.sequence_tracker import SequenceTracker, SeqVerdict
+from ams_ros.ground.sequence_tracker import SequenceTracker, SeqVerdict
 
 MAX_SEQ = 2**64 - 1
 

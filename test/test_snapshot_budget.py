@@ -2,7 +2,7 @@
 
 import pytest
 
-from ams_ros.snapshot_budget import SnapshotBudget
+from ams_ros.ground.snapshot_budget import SnapshotBudget
 
 SNAPSHOT = 2_420_000  # the small student's snapshot, bytes
 

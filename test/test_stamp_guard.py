@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ams_ros.rate_control import AdaptiveSamplingRate, AsrConfig
-from ams_ros.stamp_guard import (
+from ams_ros.ground.rate_control import AdaptiveSamplingRate, AsrConfig
+from ams_ros.ground.stamp_guard import (
     BAD_STAMPS,
     REANCHOR,
     STAMP_JUMP,

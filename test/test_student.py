@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ams_ros.student import (
+from ams_ros.model.student import (
     STUDENT_ARCHS,
     InputSpec,
     build_student,

@@ -11,9 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ams_ros import IGNORE_LABEL
-from ams_ros.onnx_export import export_student_onnx
-from ams_ros.student import IMAGENET_MEAN, IMAGENET_STD, InputSpec, build_student
-from ams_ros.teachers import (
+from ams_ros.ground.teachers import (
     OnnxTeacher,
     Teacher,
     TorchTeacher,
@@ -22,6 +20,8 @@ from ams_ros.teachers import (
     select_torch_device,
     to_student_ids,
 )
+from ams_ros.model.onnx_export import export_student_onnx
+from ams_ros.model.student import IMAGENET_MEAN, IMAGENET_STD, InputSpec, build_student
 
 SPEC = InputSpec(height=32, width=64)
 NUM_CLASSES = 4

@@ -9,17 +9,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ams_ros import IGNORE_LABEL
-from ams_ros.horizon_buffer import HorizonBuffer
-from ams_ros.manifest import ParameterManifest, module_to_vector
-from ams_ros.masked_adam import MaskedSGD
-from ams_ros.student import InputSpec
-from ams_ros.trainer import (
+from ams_ros.ground.horizon_buffer import HorizonBuffer
+from ams_ros.ground.masked_adam import MaskedSGD
+from ams_ros.ground.trainer import (
     PhaseResult,
     Trainer,
     TrainerConfig,
-    resize_labels_nearest,
     segmentation_loss,
 )
+from ams_ros.model.manifest import ParameterManifest, module_to_vector
+from ams_ros.model.student import InputSpec
+from ams_ros.pixels import resize_labels
 
 SPEC = InputSpec(height=8, width=12)
 CLASSES = 3
@@ -166,11 +166,11 @@ def test_frames_at_another_resolution_are_resized_to_the_model_input():
     result = trainer.run_phase(filled_buffer(frames, labels))
     assert np.isfinite(result.mean_loss)
     label = np.arange(16 * 24, dtype=np.uint8).reshape(16, 24) % 5
-    small = resize_labels_nearest(label, (8, 12))
+    small = resize_labels(label, 8, 12)
     expected = F.interpolate(torch.from_numpy(label)[None, None].float(), size=(8, 12),
                              mode='nearest-exact')[0, 0].numpy().astype(np.uint8)
     np.testing.assert_array_equal(small, expected)
-    assert set(np.unique(resize_labels_nearest(label, (40, 50)))) == set(np.unique(label))
+    assert set(np.unique(resize_labels(label, 40, 50))) == set(np.unique(label))
 
 
 def test_set_weights_loads_the_model_and_replaced_parameters_are_detected():

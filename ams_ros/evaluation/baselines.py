@@ -46,14 +46,10 @@ rate the drone really samples at: a whole number of camera frames per stride.
 Simulated ground time (``ctx.phase_time_s`` fixed): one *frame-iteration* takes
 ``phase_time_s / (K * batch_size)`` seconds, the cost per frame and iteration that AMS's fixed
 phase implies; Remote+Tracking labels a frame in one unit, and a Just-In-Time update takes one
-unit for labelling and the first check plus one per step. ``ctx.options['label_time_s']`` and
-``['iteration_time_s']`` override them. With ``phase_time_s`` None, phases take their measured
-wall time, as in AMS.
-
-Options (constructor arguments win over ``ctx.options``, which win over the defaults):
-Remote+Tracking: ``rt_rate``, ``rt_codec``, ``rt_jpeg_quality``; Just-In-Time: ``jit_threshold``,
-``jit_max_updates``, ``jit_min_stride_s``, ``jit_max_stride_s``, ``jit_learning_rate``,
-``jit_momentum``, ``jit_fraction``, ``jit_strategy``, ``jit_accuracy``, ``jit_jpeg_quality``.
+unit for labelling and the first check plus one per step (``RemoteTracking(label_time_s=...)``
+and ``JustInTime(iteration_time_s=...)`` override them). With ``phase_time_s`` None, phases take
+their measured wall time, as in AMS. Each scheme's settings are its constructor's arguments
+(``JitConfig`` lists Just-In-Time's).
 """
 
 from __future__ import annotations
@@ -61,40 +57,35 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 from ams_ros import IGNORE_LABEL
-from ams_ros.drone_agent import UplinkBatch
-from ams_ros.edge_runtime import resize_frame
+from ams_ros.drone.model_updates import ModelUpdates
 from ams_ros.evaluation.core import EvalContext, FrameScorer, SchemeResult
 from ams_ros.evaluation.link import Link
 from ams_ros.evaluation.schemes import (
     CONTROL_NBYTES,
     SnapshotRequest,
-    SnapshotRequester,
     deliver_update,
     evaluate_frame,
     linked_result,
     new_drone,
+    send_snapshot_request,
     uplink_nbytes,
 )
-from ams_ros.frame_codec import CodecSettings, FrameCodecError, decode_frames, encode_frames
-from ams_ros.ground_client import GroundClient, GroundConfig
-from ams_ros.metrics import frame_miou
-from ams_ros.selection import GAUSS_SOUTHWELL, GRADIENT_GUIDED, select_indices
-from ams_ros.student import freeze_batchnorm_statistics
-from ams_ros.trainer import (
+from ams_ros.ground.drone_session import DroneSession, GroundConfig
+from ams_ros.ground.selection import GRADIENT_GUIDED
+from ams_ros.ground.trainer import (
     TrainerConfig,
-    ensure_flat_binding,
-    frames_to_input,
-    resize_labels_nearest,
-    segmentation_loss,
 )
+from ams_ros.metrics import frame_miou
+from ams_ros.pixels import resize_frame, resize_labels
+from ams_ros.wire.frame_codec import CodecSettings, FrameCodecError, encode_frames
+from ams_ros.wire.uplink_batch import UplinkBatch, decode_batch
 
 REMOTE_TRACKING = 'remote_tracking'
 JUST_IN_TIME = 'just_in_time'
@@ -145,7 +136,7 @@ def warp_labels(labels: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Carry a class-id map of the previous frame onto the current one along `backward_flow`."""
     height, width = flow.shape[:2]
     if labels.shape != (height, width):
-        labels = resize_labels_nearest(labels, (height, width))
+        labels = resize_labels(labels, height, width)
     grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32),
                                  np.arange(height, dtype=np.float32))
     return cv2.remap(np.ascontiguousarray(labels), grid_x + flow[..., 0], grid_y + flow[..., 1],
@@ -194,7 +185,7 @@ class LabelTracker:
             return  # older than the label already shown
         mask = np.asarray(label, np.uint8)
         if self.size is not None and mask.shape != self.size:
-            mask = resize_labels_nearest(mask, self.size)
+            mask = resize_labels(mask, *self.size)
         if stamp < self._kept_from - 1e-9:
             self.late_labels += 1  # some of its flows are gone: carried from the oldest kept
         for flow_stamp, flow in self._flows:
@@ -252,12 +243,6 @@ def single_frame_batch(client_id: str, seq: int, stamp: float, frame: np.ndarray
                        float(rate), 0.0)
 
 
-def _option(explicit, ctx: EvalContext, key: str, default):
-    if explicit is not None:
-        return explicit
-    return ctx.options.get(key, default)
-
-
 def frame_iteration_s(ctx: EvalContext) -> float | None:
     """Return the simulated seconds of one frame-iteration, or None when phases are measured."""
     if ctx.phase_time_s is None:
@@ -272,24 +257,23 @@ class RemoteTracking:
 
     name = REMOTE_TRACKING
 
-    def __init__(self, name: str | None = None, rate: float | None = None,
-                 codec: str | None = None, jpeg_quality: int | None = None,
-                 flow: FarnebackParams | None = None, max_label_age_s: float = 10.0):
+    def __init__(self, name: str | None = None, rate: float = 1.0, codec: str = 'jpeg',
+                 jpeg_quality: int = 95, flow: FarnebackParams | None = None,
+                 max_label_age_s: float = 10.0, label_time_s: float | None = None):
         if name:
             self.name = name
-        self.rate, self.codec, self.jpeg_quality = rate, codec, jpeg_quality
-        self.flow = flow or FarnebackParams()
-        self.max_label_age_s = float(max_label_age_s)
-
-    def run(self, ctx: EvalContext) -> SchemeResult:
-        rate = float(_option(self.rate, ctx, 'rt_rate', 1.0))
         if not rate > 0:
             raise ValueError(f'rate must be positive, got {rate}')
-        settings = CodecSettings(codec=_option(self.codec, ctx, 'rt_codec', 'jpeg'),
-                                 jpeg_quality=int(_option(self.jpeg_quality, ctx,
-                                                          'rt_jpeg_quality', 95)))
-        unit = frame_iteration_s(ctx)
-        label_time = ctx.options.get('label_time_s', unit)
+        self.rate = float(rate)
+        self.settings = CodecSettings(codec=codec, jpeg_quality=int(jpeg_quality))
+        self.flow = flow or FarnebackParams()
+        self.max_label_age_s = float(max_label_age_s)
+        self.label_time_s = label_time_s  # None: one frame-iteration (frame_iteration_s)
+
+    def run(self, ctx: EvalContext) -> SchemeResult:
+        rate, settings = self.rate, self.settings
+        label_time = (frame_iteration_s(ctx) if self.label_time_s is None
+                      else self.label_time_s)
         drone = new_drone(ctx)
         link = Link(ctx.link, seed=ctx.seed)
         scorer = FrameScorer(ctx)
@@ -310,8 +294,7 @@ class RemoteTracking:
                     begin = max(arrived, ground_free)
                     started = time.perf_counter()
                     try:
-                        frames = decode_frames(batch.data, batch.codec, batch.width,
-                                               batch.height, 1)
+                        frames = decode_batch(batch)
                     except FrameCodecError:
                         counts['frames_refused'] += 1
                         continue
@@ -395,6 +378,7 @@ class JitConfig:
     strategy: str = GRADIENT_GUIDED
     accuracy: str = 'miou'
     jpeg_quality: int = 95
+    iteration_time_s: float | None = None  # simulated; None: one frame-iteration
 
     def __post_init__(self):
         if not 0.0 <= self.threshold <= 1.0:
@@ -407,32 +391,18 @@ class JitConfig:
             raise ValueError(f'accuracy must be one of {ACCURACY_METRICS}')
 
 
-_JIT_KEYS = {f.name: f'jit_{f.name}' for f in dataclasses.fields(JitConfig)}
-
-
 class JustInTime:
     """Mullapudi et al.'s online distillation at the ground, streamed to the drone as patches."""
 
     name = JUST_IN_TIME
 
     def __init__(self, name: str | None = None, **settings):
-        unknown = set(settings) - set(_JIT_KEYS)
-        if unknown:
-            raise TypeError(f'unknown Just-In-Time settings {sorted(unknown)}')
         if name:
             self.name = name
-        self.settings = settings
-
-    def config(self, ctx: EvalContext) -> JitConfig:
-        values = {}
-        for field, key in _JIT_KEYS.items():
-            value = self.settings.get(field, ctx.options.get(key))
-            if value is not None:
-                values[field] = value
-        return JitConfig(**values)
+        self.config = JitConfig(**settings)  # TypeError on an unknown setting
 
     def run(self, ctx: EvalContext) -> SchemeResult:
-        return _JitRun(ctx, self.name, self.config(ctx)).run()
+        return _JitRun(ctx, self.name, self.config).run()
 
 
 class _JitRun:
@@ -443,7 +413,7 @@ class _JitRun:
             fraction=config.fraction, strategy=config.strategy, optimizer='sgd',
             momentum=config.momentum, horizon_s=ctx.trainer.horizon_s, device=ctx.trainer.device,
             channels_last=ctx.trainer.channels_last)
-        self.ground = GroundClient(ctx.source.name, ctx.template, ctx.teacher,
+        self.ground = DroneSession(ctx.source.name, ctx.template, ctx.teacher,
                                    GroundConfig(trainer=trainer,
                                                 patch_format=ctx.ground.patch_format),
                                    seed=ctx.seed)
@@ -451,8 +421,8 @@ class _JitRun:
         self.link = Link(ctx.link, seed=ctx.seed)
         self.scorer = FrameScorer(ctx)
         self.settings = CodecSettings(codec='jpeg', jpeg_quality=config.jpeg_quality)
-        unit = frame_iteration_s(ctx)
-        self.iteration_time = ctx.options.get('iteration_time_s', unit)
+        self.iteration_time = (frame_iteration_s(ctx) if config.iteration_time_s is None
+                               else config.iteration_time_s)
         # Ground state.
         self.stride = config.min_stride_s  # the ground's; the drone's follows on delivery
         self.drone_stride_sent = config.min_stride_s
@@ -467,10 +437,9 @@ class _JitRun:
         self.seq = 0
         self.updates: list[float] = []
         self.sampling = [(ctx.source.start_s, self._effective_rate(self.drone_stride))]
-        self.requester = SnapshotRequester(self.link, ctx.source.name)
-        self.counts = {'frames_sent': 0, 'frames_skipped': 0, 'frames_refused': 0,
-                       'patches_sent': 0, 'snapshots_sent': 0,
-                       'patches_refused': 0, 'patches_held': 0, 'updates_diverged': 0}
+        self.model_updates = ModelUpdates(self.drone)
+        self.counts = Counter(frames_sent=0, frames_skipped=0, frames_refused=0,
+                              patches_sent=0, snapshots_sent=0, updates_diverged=0)
 
     def run(self) -> SchemeResult:
         ctx = self.ctx
@@ -478,7 +447,7 @@ class _JitRun:
             for _, stamp, frame, label, evaluated in ctx.frames():
                 self._ground_until(stamp)
                 self._drone_receive(stamp)
-                self.requester.poll(stamp)
+                send_snapshot_request(self.model_updates, self.link, stamp)
                 if evaluated:
                     evaluate_frame(self.scorer, self.drone, stamp, frame, label)
                 self._drone_sample(stamp, frame)
@@ -519,7 +488,7 @@ class _JitRun:
         config, ground = self.config, self.ground
         started = time.perf_counter()
         try:
-            frames = decode_frames(batch.data, batch.codec, batch.width, batch.height, 1)
+            frames = decode_batch(batch)
         except FrameCodecError:
             self.counts['frames_refused'] += 1
             return
@@ -529,15 +498,12 @@ class _JitRun:
         patch = None
         if steps:
             trainer = ground.trainer
-            values = trainer.flat_weights[torch.from_numpy(indices).to(trainer.device)]
-            values = values.cpu().numpy()
+            values = trainer.values(indices)
             if np.isfinite(values).all():
-                patch = ground.mirror.make_patch(indices, values)
+                patch = ground.mirror.make_patch(indices.cpu().numpy(), values)
             else:  # diverged: drop this update and its momentum, keep the drone's model
                 self.counts['updates_diverged'] += 1
-                trainer.optimizer.velocity.zero_()
-                trainer.optimizer.update.zero_()
-                trainer.optimizer.steps = 0  # the next selection starts afresh (random)
+                trainer.reset_optimizer()
                 after = None
             trainer.set_weights(ground.mirror.vector)
         met = after is not None and after >= config.threshold
@@ -573,53 +539,40 @@ class _JitRun:
     def _train(self, frame: np.ndarray, label: np.ndarray):
         """JITNet's inner loop on one frame: step until accurate enough or u_max steps.
 
-        Returns (steps, accuracy before, accuracy after, selected indices or None).
+        Returns (steps, accuracy before, accuracy after, selected indices or None); the
+        parameters are selected once per update, at its first step.
         """
         config, trainer = self.config, self.ground.trainer
-        ensure_flat_binding(trainer.model, trainer.manifest, trainer.flat_weights,
-                            trainer.flat_grads)
-        freeze_batchnorm_statistics(trainer.model)
-        size = (trainer.input_spec.height, trainer.input_spec.width)
-        x = frames_to_input([frame], size, trainer._pixel_mean, trainer._pixel_std,
-                            trainer.config.channels_last)
-        target = resize_labels_nearest(label, size)
-        y = torch.from_numpy(np.ascontiguousarray(target)).to(trainer.device).long()[None]
-        total = trainer.manifest.total_size
-        optimizer = trainer.optimizer
-        indices = index_tensor = None
+        trainer.begin()
+        x, y = trainer.inputs([frame], [label])
+        target = y[0].cpu().numpy()
+        indices = None
         steps, before, accuracy = 0, None, None
         while True:
-            trainer.flat_grads.zero_()
-            logits = trainer.model(x)
+            logits = trainer.forward(x)
             prediction = logits.detach().argmax(1)[0].cpu().numpy().astype(np.uint8)
             accuracy = self._accuracy(prediction, target)
             if steps == 0:
                 before = accuracy
             if accuracy is None or accuracy >= config.threshold or steps == config.max_updates:
                 break
-            segmentation_loss(logits, y).backward()
+            trainer.backward(logits, y)
             if indices is None:
-                previous = optimizer.update.cpu().numpy() if optimizer.steps else None
-                gradient = (trainer.flat_grads.cpu().numpy()
-                            if config.strategy == GAUSS_SOUTHWELL else None)
-                indices = select_indices(config.strategy, total, config.fraction, trainer.rng,
-                                         previous_update=previous, gradient=gradient)
-                index_tensor = torch.from_numpy(indices).to(trainer.device)
-            optimizer.step(trainer.flat_grads, index_tensor)
+                indices = trainer.select()
+            trainer.step(indices)
             steps += 1
         return steps, before, accuracy, indices
 
     # -- drone -------------------------------------------------------------------------------
 
     def _drone_receive(self, now: float) -> None:
-        drone = self.drone
         for delivered, message in self.link.downlink.receive(now):
             if isinstance(message, StrideDecision):
                 if message.stride_s != self.drone_stride:
                     self.drone_stride = message.stride_s
                     self.sampling.append((delivered, self._effective_rate(message.stride_s)))
                 continue
-            if deliver_update(drone, self.requester, self.counts, delivered, message):
+            if deliver_update(self.model_updates, self.link, self.counts, delivered, message):
                 self.updates.append(delivered)
 
     def _effective_rate(self, stride: float) -> float:
@@ -641,7 +594,7 @@ class _JitRun:
 
     def _result(self) -> SchemeResult:
         steps = [p['steps'] for p in self.phases]
-        extra = dict(self.counts, snapshot_requests=self.requester.sent)
+        extra = dict(self.counts, snapshot_requests=self.model_updates.requester.sent)
         extra.update(
             config=dataclasses.asdict(self.config), accuracy_metric=self.config.accuracy,
             iteration_time_s=self.iteration_time, phases=self.phases,

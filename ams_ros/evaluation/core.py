@@ -22,11 +22,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ams_ros.drone_agent import DroneConfig
+from ams_ros.drone.agent import DroneConfig
 from ams_ros.evaluation.link import LinkConfig
-from ams_ros.ground_client import GroundConfig, StudentTemplate
+from ams_ros.ground.drone_session import GroundConfig
+from ams_ros.ground.trainer import TrainerConfig
 from ams_ros.metrics import confusion_matrix, mean_iou
-from ams_ros.trainer import TrainerConfig, resize_labels_nearest
+from ams_ros.model.template import StudentTemplate
+from ams_ros.pixels import resize_labels
 
 # (stamp, RGB uint8 HxWx3 frame, ground-truth uint8 HxW label or None)
 SourceFrame = tuple[float, np.ndarray, 'np.ndarray | None']
@@ -61,7 +63,6 @@ class EvalContext:
     None takes each phase's measured wall time.
     one_time_s: the One-Time scheme's customisation window (the paper's 60 s).
     seed: seeds training and link loss; progress: called with (simulated seconds done, total).
-    options: free-form per-scheme settings (e.g. Just-In-Time's threshold), JSON-able.
     """
 
     source: Source
@@ -78,7 +79,6 @@ class EvalContext:
     one_time_s: float = 60.0
     seed: int = 0
     progress: Callable[[float, float], None] | None = None
-    options: dict = field(default_factory=dict)
 
     @property
     def trainer(self) -> TrainerConfig:
@@ -132,11 +132,11 @@ class FrameScorer:
         """Return the ground-truth label at the evaluation size (the teacher's if none given)."""
         if label is None:
             label = np.asarray(self.ctx.teacher.label(frame[None], [stamp]))[0]
-        return resize_labels_nearest(np.asarray(label), self.size)
+        return resize_labels(np.asarray(label), *self.size)
 
     def add(self, stamp: float, mask: np.ndarray, truth: np.ndarray) -> float:
         """Add one frame's mask (any size) against a label from `truth`; return its mIoU."""
-        mask = resize_labels_nearest(np.asarray(mask), self.size)
+        mask = resize_labels(np.asarray(mask), *self.size)
         confusion = confusion_matrix(truth, mask, self.num_classes)
         self.confusion += confusion
         miou = mean_iou(confusion)

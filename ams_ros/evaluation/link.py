@@ -117,13 +117,6 @@ class Channel:
             out.append(self._queue.popleft())
         return out
 
-    def next_delivery(self) -> float | None:
-        return self._queue[0][0] if self._queue else None
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._queue)
-
     def bytes_by_kind(self) -> dict[str, int]:
         totals: dict[str, int] = {}
         for tx in self.transmissions:

@@ -12,7 +12,7 @@ Profiles (every option can still be given on its own):
 - ``--full`` (a GPU): the full student at 256x512, 600-s flights, K = 20 (the paper's), phases
   taking their measured wall time, training on CUDA where available. The 256x512 student is not
   committed: the first ``--full`` run pretrains it (about 5 minutes on one H100) and caches it
-  (``ams_ros.pretrain.packaged_student``).
+  (``ams_ros.model.pretrain.packaged_student``).
 
 Sources: synthetic flights (``--seeds``; seeds >= 1000 are held out from pretraining), or a video
 file (``--video``) with either a teacher (``--teacher``: a make_teacher config as JSON text or a
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ams_ros.drone_agent import DroneConfig
+from ams_ros.drone.agent import DroneConfig
 from ams_ros.evaluation.baselines import SCHEMES as BASELINES
 from ams_ros.evaluation.baselines import JustInTime
 from ams_ros.evaluation.core import EvalContext, SchemeResult
@@ -59,11 +59,9 @@ from ams_ros.evaluation.sources import (
     SyntheticSource,
     VideoFileSource,
 )
-from ams_ros.frame_codec import CodecSettings
-from ams_ros.ground_client import GroundConfig
-from ams_ros.patch_codec import DEFAULT_FORMAT, PAPER_FORMAT
-from ams_ros.rate_control import AsrConfig, AtrConfig
-from ams_ros.selection import (
+from ams_ros.ground.drone_session import GroundConfig
+from ams_ros.ground.rate_control import AsrConfig, AtrConfig
+from ams_ros.ground.selection import (
     FIRST_LAST,
     FIRST_LAYERS,
     FULL,
@@ -72,7 +70,9 @@ from ams_ros.selection import (
     LAST_LAYERS,
     RANDOM,
 )
-from ams_ros.trainer import TrainerConfig
+from ams_ros.ground.trainer import TrainerConfig
+from ams_ros.wire.frame_codec import CodecSettings
+from ams_ros.wire.patch_codec import DEFAULT_FORMAT, PAPER_FORMAT
 
 ABLATIONS = ('selection', 't_update', 'jit_threshold', 'asr', 'patch_codec', 'uplink_codec')
 TABLE3_STRATEGIES = (LAST_LAYERS, FIRST_LAYERS, FIRST_LAST, RANDOM, GRADIENT_GUIDED,
@@ -94,7 +94,7 @@ class Profile:
     iterations: int
     batch_size: int
     phase_time_s: float | None  # None: measured
-    student: str  # packaged student (ams_ros.pretrain.PACKAGED)
+    student: str  # packaged student (ams_ros.model.pretrain.PACKAGED)
 
 
 PROFILES = {
@@ -117,15 +117,13 @@ class Variant:
 
 # -- the student ------------------------------------------------------------------------------
 
-def load_template(path: str | Path | None, arch: str, size: tuple[int, int], seed: int,
+def evaluation_student(path: str | Path | None, arch: str, size: tuple[int, int], seed: int,
                   log=print):
     """Return (StudentTemplate, description): the checkpoint's, or a BN-calibrated fresh one."""
-    from ams_ros.ground_client import StudentTemplate
+    from ams_ros.model.template import StudentTemplate, from_checkpoint
 
     if path is not None:
-        from ams_ros.pretrain import load_template as load_checkpoint
-
-        template = load_checkpoint(path)
+        template = from_checkpoint(path)
         spec = template.input_spec
         if (spec.height, spec.width) != tuple(size):
             log(f'note: the checkpoint takes {spec.height}x{spec.width}; evaluating at that size')
@@ -146,15 +144,14 @@ def calibrated_student(arch: str, size: tuple[int, int], seed: int, frames: int 
     """
     import torch
 
-    from ams_ros.student import InputSpec, build_student
-    from ams_ros.trainer import frames_to_input
+    from ams_ros.ground.trainer import frames_to_input
+    from ams_ros.model.student import InputSpec, build_student, pixel_normalisation
     from ams_ros.world import NUM_CLASSES, AerialVideo
 
     torch.manual_seed(seed)
     spec = InputSpec(*size)
     model = build_student(arch, NUM_CLASSES)
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255
-    std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255
+    mean, std = pixel_normalisation(spec)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = None  # cumulative average over the calibration batches
@@ -170,7 +167,7 @@ def calibrated_student(arch: str, size: tuple[int, int], seed: int, frames: int 
 # -- options -> contexts ----------------------------------------------------------------------
 
 def parse_teacher(spec: str):
-    from ams_ros.teachers import make_teacher
+    from ams_ros.ground.teachers import make_teacher
 
     text = spec.strip()
     if text.startswith('{'):
@@ -191,7 +188,8 @@ def make_sources(args) -> list:
     return [SyntheticSource(seed, args.duration) for seed in args.seeds]
 
 
-def base_configs(args, profile: Profile) -> tuple[GroundConfig, DroneConfig]:
+def base_configs(args) -> tuple[GroundConfig, DroneConfig]:
+    """Return the ground and drone configs the command line describes (profile defaults filled)."""
     trainer = TrainerConfig(iterations=args.iterations, batch_size=args.batch_size,
                             fraction=args.fraction, strategy=args.strategy,
                             horizon_s=args.horizon, learning_rate=args.learning_rate,
@@ -282,13 +280,13 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
     if args.student == 'fresh':
         checkpoint = None
     else:
-        from ams_ros.pretrain import packaged_student
+        from ams_ros.model.pretrain import packaged_student
 
         checkpoint = args.student or packaged_student(profile.student, log, args.device)
-    template, student = load_template(checkpoint, args.arch, size, args.seed, log)
+    template, student = evaluation_student(checkpoint, args.arch, size, args.seed, log)
     spec = template.input_spec
     frame_size = args.frame_size or (spec.height, spec.width)
-    ground, drone = base_configs(args, profile)
+    ground, drone = base_configs(args)
     variants = make_variants(args, ground, drone)
     sources = make_sources(args)
     shared_teacher = parse_teacher(args.teacher) if args.teacher else None

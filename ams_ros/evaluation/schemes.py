@@ -13,7 +13,7 @@ the server and send it to the edge", once per video). Precisely, here:
 1. the drone samples at ASR's r_max for the first ``ctx.one_time_s`` seconds (T_update is that
    window, so the frames travel as one H.264 batch when the window closes), then stops sampling;
 2. the ground labels them and runs one training phase on all of them with every parameter
-   selected (strategy ``full``, fraction 1) for ``one_time_iterations`` iterations (default:
+   selected (strategy ``full``, fraction 1) for ``OneTime(iterations)`` iterations (default:
    the K x one_time_s / T_update iterations AMS spends on the same window), with the trainer's
    optimiser, learning rate and batch size;
 3. the whole-model update travels as one patch (the configured patch format, every index) and
@@ -21,19 +21,20 @@ the server and send it to the edge", once per video). Precisely, here:
 Its phase takes its measured wall time, or ``phase_time_s`` x (iterations / K) when fixed.
 
 **AMS** (Algorithm 1): the drone samples at the rate the ground last sent and sends a batch of
-H.264-encoded frames every T_update over the uplink. The ground is a single server that handles
-messages in arrival order: for each batch it decodes, labels with the teacher, buffers
-(T_horizon), runs one training phase and encodes the patch (`GroundClient`), then sends the
-patch, and the ASR/ATR decision when it changed, over the downlink. A phase starts when its batch
+H.264-encoded frames every T_update over the uplink. The ground is the ground node's engine, a
+`GroundStation` serving this one drone, that handles messages in arrival order: for each batch it
+decodes, labels with the teacher, buffers (T_horizon), runs the phase its scheduler picks and
+encodes the patch, then sends the ASR/ATR decision when it changed and the patch over the
+downlink. A phase starts when its batch
 has arrived and the previous phase has finished, and takes its measured wall time (decode +
 label + train + encode; ``ctx.phase_time_s`` = None) or a fixed ``phase_time_s``; its outputs
 leave the ground when it ends. The drone applies a patch when it is delivered: the swap is
 treated as instantaneous at that stamp (the real one takes tens of milliseconds off the inference
-path), so the new model serves the first camera frame at or after the delivery. A patch that
-cannot be applied makes the drone ask for a snapshot over the uplink, as the drone node does,
-and so does a patch that arrives ahead of its base (the simulated link is FIFO, so that means its
-predecessor was lost; the ROS transport is reliable and never needs this); the ground answers
-with its mirror as a whole-model snapshot, after the phase in progress.
+path), so the new model serves the first camera frame at or after the delivery. Patches and
+snapshots go through the drone node's `ModelUpdates`, so a patch that cannot be applied, or one
+ahead of its base (a lost predecessor), makes the drone ask for a snapshot with the node's
+`SnapshotRequester`; the station answers with its mirror when the drone's snapshot budget
+allows, after the phase in progress.
 """
 
 from __future__ import annotations
@@ -41,26 +42,30 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-from ams_ros.drone_agent import DroneAgent, UplinkBatch
+from ams_ros.drone.agent import DroneAgent
+from ams_ros.drone.model_updates import ModelUpdates
 from ams_ros.evaluation.core import EvalContext, FrameScorer, SchemeResult
 from ams_ros.evaluation.link import Link
-from ams_ros.frame_codec import FrameCodecError, decode_frames
-from ams_ros.ground_client import INITIAL_VERSION, GroundClient, GroundConfig, RateDecision
-from ams_ros.model_version import APPLIED, OUT_OF_ORDER, PatchPayload
-from ams_ros.selection import FULL
-from ams_ros.snapshot import SnapshotPayload
+from ams_ros.ground.client_registry import ClientRegistry
+from ams_ros.ground.drone_session import INITIAL_VERSION, DroneSession, GroundConfig, RateDecision
+from ams_ros.ground.event_queue import BATCH, CONTACT, SNAPSHOT, STATUS, DroneEvent
+from ams_ros.ground.phase_scheduler import PhaseScheduler
+from ams_ros.ground.selection import FULL
+from ams_ros.ground.station import DroneReport, GroundStation
+from ams_ros.wire.model_version import APPLIED, PatchPayload
+from ams_ros.wire.snapshot import SnapshotPayload
+from ams_ros.wire.uplink_batch import UplinkBatch, decode_batch
 
 SWAP_TIMEOUT_S = 120.0
 # Bytes of the fixed fields of the small messages (ids, versions, rates, framing).
 CONTROL_NBYTES = 32
 SNAPSHOT_REQUEST_NBYTES = 32
-# The drone node's snapshot-request retry: first after 2 s, doubling up to 60 s.
-REQUEST_RETRY_S = 2.0
-MAX_REQUEST_RETRY_S = 60.0
+STATUS_NBYTES = 96  # and a 32-byte digest of the model it runs
 
 
 def uplink_nbytes(batch: UplinkBatch) -> int:
@@ -74,38 +79,80 @@ class SnapshotRequest:
     reason: str
 
 
-class SnapshotRequester:
-    """The drone node's snapshot requests on simulated time.
+def drone_status(drone: DroneAgent, frames_received: int, fps: float) -> DroneReport:
+    """Return the drone's status (swaps are instant in the harness: it runs what it verified)."""
+    version = drone.version
+    return DroneReport(drone.config.client_id, drone.model_id, version,
+                       drone.state.digest_of(version) or b'', frames_received, fps,
+                       drone.sampler.rate, drone.sampler.update_period)
 
-    Ask at once; until a snapshot is applied, ask again after REQUEST_RETRY_S, doubling up to
-    MAX_REQUEST_RETRY_S (the request or the snapshot may have been lost).
+
+def send_snapshot_request(updates: ModelUpdates, link: Link, now: float) -> None:
+    """Send the drone's snapshot request over the uplink when its requester says one is due."""
+    reason = updates.request_due(now)
+    if reason is not None:
+        link.uplink.send(now, SnapshotRequest(updates.agent.config.client_id, reason),
+                         SNAPSHOT_REQUEST_NBYTES, 'snapshot_request')
+
+
+def deliver_update(updates: ModelUpdates, link: Link, counts: Counter, delivered: float,
+                   message) -> bool:
+    """Hand a delivered patch or snapshot to the drone's ModelUpdates, as the drone node does.
+
+    Return True when the drone's model changed (the new one is active on return); what the
+    delivery counted goes into `counts`, and a snapshot request it made due goes up the link.
+    """
+    if isinstance(message, SnapshotPayload):
+        delivery = updates.snapshot(message)
+    elif isinstance(message, PatchPayload):
+        delivery = updates.patch(message)
+    else:
+        raise TypeError(f'unexpected downlink message {type(message).__name__}')
+    counts.update(delivery.counts)
+    if delivery.error_key:
+        counts[delivery.error_key] += 1
+    if delivery.changed:
+        wait_active(updates.agent)
+    send_snapshot_request(updates, link, delivered)
+    return delivery.changed
+
+
+class Outbox:
+    """A GroundStation's downlink in the harness: its messages leave when the ground's work ends.
+
+    The ground's work takes simulated time (a phase), so what the station sends during it is
+    held, then put on the link at the instant the work is done.
     """
 
-    def __init__(self, link: Link, client_id: str):
-        self.link = link
-        self.client_id = client_id
-        self.pending: tuple[float, float, str] | None = None  # (due, next backoff, reason)
-        self.sent = 0
+    def __init__(self):
+        self.messages: list[tuple[object, int, str]] = []
 
-    def want(self, now: float, reason: str) -> None:
-        """Ask for a snapshot unless a request is already pending."""
-        if self.pending is None:
-            self._send(now, reason, REQUEST_RETRY_S)
+    def patch(self, client_id: str, payload: PatchPayload) -> None:
+        self.messages.append((payload, payload.nbytes, 'patch'))
 
-    def poll(self, now: float) -> None:
-        """Repeat an unanswered request that is due."""
-        if self.pending is not None and now >= self.pending[0]:
-            _, backoff, reason = self.pending
-            self._send(now, reason, backoff)
+    def snapshot(self, client_id: str, payload: SnapshotPayload) -> None:
+        self.messages.append((payload, payload.nbytes, 'snapshot'))
 
-    def answered(self) -> None:
-        self.pending = None
+    def sampling(self, client_id: str, rate: float, period: float) -> None:
+        self.messages.append((RateDecision(rate, period), CONTROL_NBYTES, 'control'))
 
-    def _send(self, now: float, reason: str, backoff: float) -> None:
-        self.pending = (now + backoff, min(2 * backoff, MAX_REQUEST_RETRY_S), reason)
-        self.sent += 1
-        self.link.uplink.send(now, SnapshotRequest(self.client_id, reason),
-                              SNAPSHOT_REQUEST_NBYTES, 'snapshot_request')
+    def send(self, link: Link, at: float) -> Counter:
+        """Put the held messages on the downlink at `at`; return how many of each kind."""
+        kinds = Counter(kind for _, _, kind in self.messages)
+        for message, nbytes, kind in self.messages:
+            link.downlink.send(at, message, nbytes, kind)
+        self.messages.clear()
+        return kinds
+
+
+def one_drone_station(ctx: EvalContext, client_id: str, outbox: Outbox,
+                      config: GroundConfig | None = None) -> GroundStation:
+    """Return a GroundStation (the ground node's engine) serving one drone through `outbox`."""
+    scheduler = PhaseScheduler(ctx.template, lambda _client_id: ctx.teacher,
+                               config or ctx.ground, seed=ctx.seed)
+    registry = ClientRegistry(max_clients=1, idle_timeout_s=1e9)  # the harness never expires
+    registry.bind(f'/{client_id}', client_id)
+    return GroundStation(scheduler, registry, outbox)
 
 
 def new_drone(ctx: EvalContext, **overrides) -> DroneAgent:
@@ -174,16 +221,17 @@ class OneTime:
         asr = ctx.ground.asr
         window = ctx.one_time_s
         k = ctx.trainer.iterations
-        iterations = self.iterations or ctx.options.get('one_time_iterations') or max(
+        iterations = self.iterations or max(
             1, round(k * window / ctx.ground.atr.period_min))
         trainer = dataclasses.replace(ctx.trainer, strategy=FULL, fraction=1.0,
                                       iterations=int(iterations),
                                       horizon_s=max(ctx.trainer.horizon_s, window + 1.0))
-        ground = GroundClient(ctx.source.name, ctx.template, ctx.teacher,
+        ground = DroneSession(ctx.source.name, ctx.template, ctx.teacher,
                               GroundConfig(trainer=trainer, patch_format=ctx.ground.patch_format,
                                            asr=ctx.ground.asr, atr=ctx.ground.atr),
                               seed=ctx.seed)
         drone = new_drone(ctx, sampling_rate=asr.rate_max, update_period=window)
+        model_updates, counts = ModelUpdates(drone), Counter()
         link = Link(ctx.link, seed=ctx.seed)
         scorer = FrameScorer(ctx)
         sampling, updates, extra = True, [], {'iterations': int(iterations), 'window_s': window}
@@ -192,9 +240,7 @@ class OneTime:
             for _, stamp, frame, label, evaluated in ctx.frames():
                 for arrived, batch in link.uplink.receive(stamp):
                     started = time.perf_counter()
-                    frames = decode_frames(batch.data, batch.codec, batch.width, batch.height,
-                                           len(batch.stamps))
-                    ground.add_frames(frames, batch.stamps)
+                    ground.add_frames(decode_batch(batch), batch.stamps)
                     output = ground.train_phase(max(batch.stamps))
                     wall = time.perf_counter() - started
                     done = arrived + phase_seconds(ctx, wall, iterations / k)
@@ -202,8 +248,7 @@ class OneTime:
                     extra.update(frames=len(batch.stamps), phase_wall_s=wall,
                                  loss=output.result.mean_loss, patch_bytes=output.patch.nbytes)
                 for delivered, patch in link.downlink.receive(stamp):
-                    if drone.offer_patch(patch).kind == APPLIED:
-                        wait_active(drone)
+                    if deliver_update(model_updates, link, counts, delivered, patch):
                         updates.append(delivered)
                 if evaluated:
                     evaluate_frame(scorer, drone, stamp, frame, label)
@@ -242,13 +287,16 @@ class _AmsRun:
     def __init__(self, ctx: EvalContext, name: str):
         self.ctx = ctx
         self.name = name
-        self.ground = GroundClient(ctx.source.name, ctx.template, ctx.teacher, ctx.ground,
-                                   seed=ctx.seed)
+        client_id = ctx.source.name
+        self.outbox = Outbox()
+        self.station = one_drone_station(ctx, client_id, self.outbox)
+        self.ground = self.station.scheduler.add(client_id)
         # The ground's controllers are authoritative: the drone starts where they start.
         self.rate = ctx.ground.asr.initial_rate
         self.period = self.ground.atr.update_period
-        self.drone = new_drone(ctx, client_id=ctx.source.name, sampling_rate=self.rate,
+        self.drone = new_drone(ctx, client_id=client_id, sampling_rate=self.rate,
                                update_period=self.period)
+        self.model_updates = ModelUpdates(self.drone)
         self.link = Link(ctx.link, seed=ctx.seed)
         self.scorer = FrameScorer(ctx)
         self.ground_free = -math.inf
@@ -256,26 +304,26 @@ class _AmsRun:
         self.sampling = [(ctx.source.start_s, self.rate)]
         self.periods = [(ctx.source.start_s, self.period)]
         self.phases: list[dict] = []
-        self.requester = SnapshotRequester(self.link, ctx.source.name)
-        self.counts = {'batches_sent': 0, 'frames_sent': 0, 'batches_refused': 0,
-                       'snapshots_sent': 0, 'patches_refused': 0,
-                       'patches_held': 0}
-        self.sent_decision = (self.rate, self.period)
+        self.counts = Counter(batches_sent=0, frames_sent=0, snapshots_sent=0)
+        self.frames_received = 0
 
     def run(self) -> SchemeResult:
         ctx = self.ctx
+        self._ground(ctx.source.start_s, DroneEvent(CONTACT, ctx.source.name))
         try:
             for _, stamp, frame, label, evaluated in ctx.frames():
                 self._ground_until(stamp)
                 self._drone_receive(stamp)
-                self.requester.poll(stamp)
+                send_snapshot_request(self.model_updates, self.link, stamp)
                 if evaluated:
                     evaluate_frame(self.scorer, self.drone, stamp, frame, label)
+                self.frames_received += 1
                 batch = self.drone.sample(stamp, frame)
                 if batch is not None:
                     self.link.uplink.send(stamp, batch, uplink_nbytes(batch), 'frames')
                     self.counts['batches_sent'] += 1
                     self.counts['frames_sent'] += len(batch.stamps)
+                    self._send_status(stamp)
                 ctx.report(stamp)
         finally:
             self.drone.close()
@@ -285,41 +333,36 @@ class _AmsRun:
 
     def _ground_until(self, now: float) -> None:
         for arrived, message in self.link.uplink.receive(now):
-            start = max(arrived, self.ground_free)
             if isinstance(message, SnapshotRequest):
-                snapshot = self.ground.snapshot()
-                self.ground_free = start
-                self.link.downlink.send(start, snapshot, snapshot.nbytes, 'snapshot')
-                self.counts['snapshots_sent'] += 1
-                continue
-            self._phase(start, message)
+                event = DroneEvent(SNAPSHOT, message.client_id, message.reason)
+            elif isinstance(message, DroneReport):
+                event = DroneEvent(STATUS, message.client_id, message)
+            else:
+                event = DroneEvent(BATCH, message.client_id, message)
+            self._ground(max(arrived, self.ground_free), event)
+        if now >= self.ground_free:  # as the node's worker does every round, when idle
+            self.station.send_owed_snapshots(now)
+            self.counts['snapshots_sent'] += self.outbox.send(self.link, now)['snapshot']
 
-    def _phase(self, start: float, batch: UplinkBatch) -> None:
-        ground = self.ground
+    def _ground(self, start: float, event: DroneEvent) -> None:
+        """Let the station handle one event from `start` on; a batch is followed by a phase."""
+        station = self.station
         started = time.perf_counter()
-        try:
-            frames = decode_frames(batch.data, batch.codec, batch.width, batch.height,
-                                   len(batch.stamps))
-        except FrameCodecError:
-            self.counts['batches_refused'] += 1
-            return
-        ground.add_frames(frames, batch.stamps)
-        newest = max(batch.stamps)
-        output = ground.train_phase(newest)
-        decision = ground.update_rates(newest)
+        phase = None
+        if station.admit(f'/{event.client_id}', event.client_id, start):
+            station.handle(event, start)
+            if event.kind == BATCH:
+                phase = station.train_next(start)
         wall = time.perf_counter() - started
-        done = start + phase_seconds(self.ctx, wall)
+        done = start + phase_seconds(self.ctx, wall) if phase is not None else start
         self.ground_free = done
-        downlink = self.link.downlink
-        if decision is not None and (decision.sampling_rate, decision.update_period) \
-                != self.sent_decision:
-            self.sent_decision = (decision.sampling_rate, decision.update_period)
-            downlink.send(done, decision, CONTROL_NBYTES, 'control')
-        downlink.send(done, output.patch, output.patch.nbytes, 'patch')
-        self.phases.append({
-            'start': start, 'end': done, 'wall_s': wall, 'frames': len(batch.stamps),
-            'loss': output.result.mean_loss, 'version': output.patch.version,
-            'patch_bytes': output.patch.nbytes, 'phi': ground.phi})
+        self.counts['snapshots_sent'] += self.outbox.send(self.link, done)['snapshot']
+        if phase is not None:
+            output = phase[1]
+            self.phases.append({
+                'start': start, 'end': done, 'wall_s': wall, 'frames': len(event.data.stamps),
+                'loss': output.result.mean_loss, 'version': output.patch.version,
+                'patch_bytes': output.patch.nbytes, 'phi': self.ground.phi})
 
     # -- drone -------------------------------------------------------------------------------
 
@@ -333,40 +376,21 @@ class _AmsRun:
                 if message.update_period != self.periods[-1][1]:
                     self.periods.append((delivered, message.update_period))
                 continue
-            if deliver_update(drone, self.requester, self.counts, delivered, message):
+            if deliver_update(self.model_updates, self.link, self.counts, delivered, message):
                 self.updates.append(delivered)
+                if isinstance(message, SnapshotPayload):
+                    self._send_status(delivered)  # the ground learns the snapshot landed
+
+    def _send_status(self, now: float) -> None:
+        """Report what the drone runs: with every batch, and when a snapshot has landed."""
+        status = drone_status(self.drone, self.frames_received, self.ctx.fps)
+        self.link.uplink.send(now, status, STATUS_NBYTES + len(status.active_digest), 'status')
 
     def _result(self) -> SchemeResult:
-        extra = dict(self.counts, snapshot_requests=self.requester.sent)
+        extra = dict(self.counts, snapshot_requests=self.model_updates.requester.sent,
+                     ground_counts=dict(self.station.counts))
         extra.update(phases=self.phases, update_periods=[list(p) for p in self.periods])
         return linked_result(self, extra)
-
-
-def deliver_update(drone: DroneAgent, requester: SnapshotRequester, counts: dict,
-                   delivered: float, message) -> bool:
-    """Offer a delivered patch or snapshot to the drone, as the drone node does.
-
-    Return True when the drone's model changed (the new one is active on return). A patch it
-    cannot apply, or one ahead of its base (the link is FIFO, so a predecessor was lost), makes
-    it ask for a snapshot at once rather than wait for held patches to fill up; counted in
-    counts['patches_refused'] / counts['patches_held'].
-    """
-    before = drone.version
-    if isinstance(message, SnapshotPayload):
-        outcome = drone.load_snapshot(message)
-        if outcome.kind == APPLIED:
-            requester.answered()
-    elif isinstance(message, PatchPayload):
-        outcome = drone.offer_patch(message)
-    else:
-        raise TypeError(f'unexpected downlink message {type(message).__name__}')
-    if outcome.kind == APPLIED and drone.version != before:
-        wait_active(drone)
-        return True
-    if outcome.needs_snapshot or outcome.kind == OUT_OF_ORDER:
-        counts['patches_refused' if outcome.needs_snapshot else 'patches_held'] += 1
-        requester.want(delivered, outcome.reason or outcome.kind)
-    return False
 
 
 def linked_result(run, extra: dict) -> SchemeResult:

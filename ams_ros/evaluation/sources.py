@@ -25,9 +25,8 @@ import cv2
 import numpy as np
 
 from ams_ros import IGNORE_LABEL
-from ams_ros.edge_runtime import resize_frame
 from ams_ros.evaluation.core import SourceFrame
-from ams_ros.trainer import resize_labels_nearest
+from ams_ros.pixels import resize_frame, resize_labels
 
 LABEL_PATTERN = 'gt_%06d.png'
 
@@ -115,7 +114,7 @@ class VideoFileSource:
         label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if label is None:
             raise ValueError(f'cannot read label image {path}')
-        return label if size is None else resize_labels_nearest(label, tuple(size))
+        return label if size is None else resize_labels(label, *size)
 
     def frames(self, fps: float, height: int | None = None,
                width: int | None = None) -> Iterator[SourceFrame]:

@@ -17,6 +17,7 @@ rather than falling behind (real cameras do not wait); `frames_skipped` counts t
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,47 +25,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-)
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from ams_ros.ros.conversions import seconds_to_stamp, stamp_to_seconds
 from ams_ros.ros.image_conversion import array_to_image
-
-QOS_NAMES = ('sensor_data', 'reliable', 'best_effort', 'transient_local')
-
-
-def qos_from_name(name: str, depth: int = 0) -> QoSProfile:
-    """Return a QoS profile by name (QOS_NAMES); depth > 0 overrides the profile's depth."""
-    if name == 'sensor_data':
-        profile = QoSProfile(depth=qos_profile_sensor_data.depth,
-                             reliability=qos_profile_sensor_data.reliability,
-                             durability=qos_profile_sensor_data.durability,
-                             history=HistoryPolicy.KEEP_LAST)
-    elif name == 'reliable':
-        profile = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    elif name == 'best_effort':
-        profile = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
-    elif name == 'transient_local':
-        profile = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    else:
-        raise ValueError(f'qos must be one of {QOS_NAMES}, got {name!r}')
-    if depth > 0:
-        profile.depth = depth
-    return profile
+from ams_ros.ros.node_parameters import ParameterError
+from ams_ros.ros.qos import qos_from_name
+from ams_ros.ros.spin import run
 
 
 @dataclass
-class SourceFrame:
-    """One frame of a source: its offset from the source's start, and how to get its pixels."""
+class FrameRef:
+    """A frame of a source not rendered yet: its offset from the source's start and its index.
+
+    Rendering waits until the frame is due, so frames skipped by a late camera cost nothing.
+    """
 
     t: float  # seconds since the source's first frame (video: its presentation time)
     index: int
@@ -84,11 +61,11 @@ class SyntheticSource:
         self.count = int(np.floor(duration * fps + 1e-9)) + 1
         self.start_time = start_time
 
-    def __iter__(self) -> Iterator[SourceFrame]:
+    def __iter__(self) -> Iterator[FrameRef]:
         for i in range(self.count):
-            yield SourceFrame(i / self.fps, i)
+            yield FrameRef(i / self.fps, i)
 
-    def render(self, frame: SourceFrame, stamp: float | None = None):
+    def render(self, frame: FrameRef, stamp: float | None = None):
         """Return (rgb, label) of a frame, at flight time `stamp` when given."""
         if stamp is None:
             return self.video.render(frame.t, self.height, self.width)
@@ -105,7 +82,7 @@ class VideoSource:
         self.fps = None  # the stream's average frame rate, once opened
         self._pending: dict[int, np.ndarray] = {}
 
-    def __iter__(self) -> Iterator[SourceFrame]:
+    def __iter__(self) -> Iterator[FrameRef]:
         import av
 
         with av.open(self.path) as container:
@@ -122,9 +99,9 @@ class VideoSource:
                 if self.width > 0 and self.height > 0:
                     frame = frame.reformat(width=self.width, height=self.height)
                 self._pending = {index: frame.to_ndarray(format='rgb24')}
-                yield SourceFrame(t - first, index)
+                yield FrameRef(t - first, index)
 
-    def render(self, frame: SourceFrame, stamp: float | None = None):
+    def render(self, frame: FrameRef, stamp: float | None = None):
         return self._pending.pop(frame.index), None
 
 
@@ -150,13 +127,16 @@ class CameraNode(Node):
         # subscriber) matched; 0: start at once.
         self.wait_for_subscribers = int(p('wait_for_subscribers', 0).value)
         self.wait_settle = float(p('wait_settle', 1.0).value)  # s after they matched
-        qos = qos_from_name(p('qos', 'sensor_data').value, int(p('qos_depth', 0).value))
-        labels_qos = qos_from_name(p('labels_qos', 'reliable').value)
+        try:
+            qos = qos_from_name(p('qos', 'sensor_data').value, int(p('qos_depth', 0).value))
+            labels_qos = qos_from_name(p('labels_qos', 'reliable').value)
+        except ValueError as e:
+            raise ParameterError(str(e)) from e
         if self.stamp_source not in ('flight', 'clock'):
-            raise ValueError(f"stamp_source must be 'flight' or 'clock', got "
+            raise ParameterError(f"stamp_source must be 'flight' or 'clock', got "
                              f'{self.stamp_source!r}')
         if self.fps <= 0:
-            raise ValueError(f'fps must be > 0, got {self.fps}')
+            raise ParameterError(f'fps must be > 0, got {self.fps}')
 
         if self.source_name == 'synthetic':
             self.source = SyntheticSource(seed, duration, self.start_time, self.fps, height, width)
@@ -186,14 +166,14 @@ class CameraNode(Node):
             f'camera: {self.source_name} at {self.fps:g} fps, rate {self.rate:g}, '
             f'stamps from {self.stamp_source}, labels {"on" if self.publish_labels else "off"}')
 
-    def stop(self) -> None:
+    def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5.0)
 
     def _run(self) -> None:
         try:
             if self.stamp_source == 'clock' and self.source.has_labels:
-                self.source.render(SourceFrame(0.0, 0))  # build the world before the clock runs
+                self.source.render(FrameRef(0.0, 0))  # build the world before the clock runs
             while not self._stop.is_set():
                 self._play_once()
                 if not self.loop:
@@ -256,14 +236,14 @@ class CameraNode(Node):
         # it learned of the subscriber, and best-effort frames sent in between are lost.
         return not (self.wait_for_subscribers > 0 and self._stop.wait(self.wait_settle))
 
-    def _render(self, frame: SourceFrame):
+    def _render(self, frame: FrameRef):
         """Return (stamp msg, rgb, label) of a frame."""
         if self.stamp_source == 'clock':
             stamp_msg = self.get_clock().now().to_msg()
-            stamp = stamp_msg.sec + stamp_msg.nanosec * 1e-9
+            stamp = stamp_to_seconds(stamp_msg)
             rgb, label = self.source.render(frame, stamp if self.source.has_labels else None)
         else:
-            stamp_msg = stamp_to_msg(self.start_time + frame.t)
+            stamp_msg = seconds_to_stamp(self.start_time + frame.t)
             rgb, label = self.source.render(frame)
         return stamp_msg, rgb, label
 
@@ -275,28 +255,10 @@ class CameraNode(Node):
         self.frames_published += 1
 
 
-def stamp_to_msg(stamp: float):
-    """Return a builtin_interfaces/Time for a stamp in seconds, rounded to the nanosecond."""
-    from builtin_interfaces.msg import Time
-
-    ns = int(round(stamp * 1e9))
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CameraNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
+def main(args=None) -> int:
+    """Run the camera node (`ams_camera`)."""
+    return run(CameraNode, 'ams_camera', args)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -28,10 +28,10 @@ import math
 import numpy as np
 from builtin_interfaces.msg import Time
 
-from ams_ros.drone_agent import UplinkBatch
-from ams_ros.model_version import PatchPayload
 from ams_ros.ros.link_auth import LinkSigner, LinkVerifier
-from ams_ros.snapshot import SnapshotPayload
+from ams_ros.wire.model_version import PatchPayload
+from ams_ros.wire.snapshot import SnapshotPayload
+from ams_ros.wire.uplink_batch import UplinkBatch
 
 DIGEST_BYTES = 32  # SHA-256
 GROUND = 'ground'  # the sender, for verification, of every ground-to-drone message

@@ -91,14 +91,14 @@ class Processes:
                     + (os.pathsep + path if path else '')}
 
     def start(self, name: str, argv: list[str]) -> None:
-        from ams_ros.launcher import _die_with_parent
+        from ams_ros.launcher import die_with_parent
 
         log = open(self.folder / f'{name}.log', 'w')  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
         (self.folder / f'{name}.command').write_text(' '.join(argv) + '\n')
         self.children[name] = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            start_new_session=True, preexec_fn=die_with_parent)
 
     def start_node(self, name: str, params: dict, params_file: str | None,
                    namespace: str | None) -> None:
@@ -136,8 +136,8 @@ class Processes:
 
 def _baseline(model_path: Path, threads: int = 1):
     """Return frame -> class ids of the pretrained student (the drone's starting model)."""
-    from ams_ros.drone_agent import DroneAgent, DroneConfig
-    from ams_ros.edge_runtime import RuntimeConfig
+    from ams_ros.drone.agent import DroneAgent, DroneConfig
+    from ams_ros.drone.edge_runtime import RuntimeConfig
 
     agent = DroneAgent(DroneConfig(runtime=RuntimeConfig(
         providers=('CPUExecutionProvider',), use_tensorrt=False, intra_op_threads=threads)))
@@ -149,10 +149,10 @@ def student_files(checkpoint: Path, folder: Path) -> tuple[Path, Path]:
     """Return (checkpoint .pt, drone ONNX): the ONNX beside it, else exported into folder."""
     if not checkpoint.is_file():
         raise SystemExit(f'no pretrained student at {checkpoint}: make one with\n'
-                         f'  python -m ams_ros.pretrain --out {checkpoint} --onnx')
+                         f'  python -m ams_ros.model.pretrain --out {checkpoint} --onnx')
     onnx_path = checkpoint.with_suffix('.onnx')
     if not onnx_path.is_file():
-        from ams_ros.pretrain import export_onnx, load_student
+        from ams_ros.model.pretrain import export_onnx, load_student
 
         onnx_path = folder / (checkpoint.stem + '.onnx')
         export_onnx(*load_student(checkpoint), onnx_path)
@@ -169,7 +169,7 @@ class MonitorNode:
         from sensor_msgs.msg import Image
 
         from ams_msgs.msg import EdgeStatus
-        from ams_ros.demo_report import STATUS_FIELDS
+        from ams_ros.evaluation.demo_report import STATUS_FIELDS
         from ams_ros.ros.image_conversion import image_to_array, image_to_rgb
 
         self.node = rclpy.create_node('ams_demo_monitor')
@@ -241,9 +241,9 @@ def run(args) -> int:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
-    from ams_ros.demo_report import DemoMonitor
+    from ams_ros.evaluation.demo_report import DemoMonitor
     from ams_ros.launcher import middleware_env
-    from ams_ros.pretrain import SMALL_CHECKPOINT
+    from ams_ros.model.pretrain import SMALL_CHECKPOINT
     from ams_ros.world import CLASS_NAMES
 
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')

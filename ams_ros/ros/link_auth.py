@@ -6,7 +6,7 @@ other field; the receiver (``LinkVerifier``) checks the tag, then that the count
 than the last one it accepted from that sender for that message type.
 
 The tag covers the message's full type name (a SamplingControl's tag never passes for another
-type) and every field but the tag, nested messages included, in ams_ros.auth's unambiguous
+type) and every field but the tag, nested messages included, in ams_ros.wire.auth's unambiguous
 encoding. It is computed over the field values, not the middleware's CDR bytes, so drone and
 ground may run different RMWs. ``float32`` fields are rounded to float32 first: rclpy keeps the
 double that was assigned until it publishes, and the receiver sees the rounded value.
@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from ams_ros.auth import TAG_FIELD, encode_record
+from ams_ros.wire.auth import BAD_SIGNATURE, REPLAYED, TAG_FIELD, UNSIGNED, encode_record
 
 MAX_SENDERS = 1024
 _DOMAIN = b'ams_ros-link-v1'
@@ -107,15 +107,15 @@ class LinkVerifier:
         if self._key is None:
             return ''
         if not msg.auth_tag:
-            return 'unsigned'
+            return UNSIGNED
         if not hmac.compare_digest(bytes(msg.auth_tag), _tag(self._key, msg)):
-            return 'bad-signature'
+            return BAD_SIGNATURE
         # Only authentic messages get here, so forgeries can neither fill nor evict the memory.
         name, counter = type_name(type(msg)), int(msg.auth_counter)
         with self._lock:
             counters = self._last.setdefault(sender, {})
             if counter <= counters.get(name, -1):
-                return 'replayed'
+                return REPLAYED
             counters[name] = counter
             self._last.move_to_end(sender)
             if len(self._last) > self._max_senders:

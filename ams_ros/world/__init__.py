@@ -35,14 +35,21 @@ def is_held_out(seed: int) -> bool:
     return seed >= FIRST_HELD_OUT_SEED
 
 
-def colourise(label: np.ndarray) -> np.ndarray:
-    """Return an RGB picture of a label map in PALETTE; labels outside it come out black."""
-    lut = np.zeros((256, 3), np.uint8)
+def colour_table() -> np.ndarray:
+    """Return class id -> RGB: PALETTE first, fixed colours after it, the ignore label black."""
+    lut = np.random.default_rng(0).integers(40, 256, (256, 3)).astype(np.uint8)
     lut[:len(PALETTE)] = PALETTE
-    return lut[label]
+    lut[255] = 0  # IGNORE_LABEL
+    return lut
+
+
+def colourise(label: np.ndarray) -> np.ndarray:
+    """Return an RGB picture of a label map (colour_table)."""
+    return colour_table()[label]
 
 
 __all__ = [
     'AerialVideo', 'CLASS_NAMES', 'FIRST_HELD_OUT_SEED', 'Flight', 'NUM_CLASSES', 'PALETTE',
-    'PerfectTeacher', 'Pose', 'Segment', 'World', 'colourise', 'is_held_out', 'render_view',
+    'PerfectTeacher', 'Pose', 'Segment', 'World', 'colour_table', 'colourise', 'is_held_out',
+    'render_view',
 ]

@@ -49,15 +49,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ams_ros.drone_agent import UplinkBatch
-from ams_ros.frame_codec import CodecSettings, encode_frames
-from ams_ros.manifest import FLAT_DTYPE, ParameterManifest, vector_digest
-from ams_ros.model_version import GroundMirror, PatchPayload
-from ams_ros.onnx_params import MANIFEST_KEY, InitializerWriter
-from ams_ros.patch_codec import PatchError, apply_patch
+from ams_ros.model.manifest import FLAT_DTYPE, ParameterManifest, vector_digest
+from ams_ros.model.onnx_params import MANIFEST_KEY, InitializerWriter
 from ams_ros.ros import conversions as conv
 from ams_ros.ros.link_auth import LinkSigner
-from ams_ros.snapshot import SnapshotPayload, open_snapshot
+from ams_ros.wire.frame_codec import CodecSettings, encode_frames
+from ams_ros.wire.model_version import GroundMirror, PatchPayload
+from ams_ros.wire.patch_codec import PatchError, apply_patch
+from ams_ros.wire.snapshot import SnapshotPayload, open_snapshot
+from ams_ros.wire.uplink_batch import UplinkBatch
 
 TINY_VERSION = 2**62
 TINY_CLASS = 3            # the class id the tiny model paints every pixel with
@@ -504,7 +504,7 @@ class Listener:
 
     def __init__(self, node, namespace: str, signer: IssuingSigner):
         from ams_msgs.msg import EdgeStatus, FrameBatch, ModelPatch, ModelSnapshot
-        from ams_ros.ros.drone_node import LATCHED, RELIABLE
+        from ams_ros.ros.qos import LATCHED, RELIABLE
 
         self._signer = signer
         self.model = (None, None)   # (version, vector) the ground's snapshots and patches make
@@ -584,7 +584,7 @@ class Publishers:
     def get(self, topic: str, msg_type):
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        from ams_ros.ros.drone_node import LATCHED
+        from ams_ros.ros.qos import LATCHED
 
         topic = full_topic(self._namespace, topic)
         if topic not in self._by_topic:
@@ -670,7 +670,7 @@ def main(argv=None) -> int:
 
     import rclpy
 
-    from ams_ros.auth import load_key
+    from ams_ros.wire.auth import load_key
 
     signer = IssuingSigner(forger_key(load_key(args.key_file) if args.key_file else None))
     rclpy.init()

@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from ams_ros.manifest import vector_digest
-from ams_ros.model_version import GroundMirror, PatchPayload
-from ams_ros.onnx_params import InitializerWriter
-from ams_ros.snapshot import SnapshotPayload, open_snapshot
+from ams_ros.model.manifest import vector_digest
+from ams_ros.model.onnx_params import InitializerWriter
+from ams_ros.wire.model_version import GroundMirror, PatchPayload
+from ams_ros.wire.snapshot import SnapshotPayload, open_snapshot
 
 ROGUE_KEY = b'a key of the right length, not the shared one'
 # How far ahead of the drone the version-jump patch claims to be.
@@ -83,7 +83,7 @@ def main(namespace: str) -> int:
 
     from ams_msgs.msg import EdgeStatus, ModelPatch, ModelSnapshot
     from ams_ros.ros import conversions as conv
-    from ams_ros.ros.drone_node import LATCHED, RELIABLE
+    from ams_ros.ros.qos import LATCHED, RELIABLE
 
     rclpy.init()
     node = rclpy.create_node('ams_rogue')

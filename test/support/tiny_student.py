@@ -2,8 +2,8 @@
 
 import torch
 
-from ams_ros.ground_client import StudentTemplate
-from ams_ros.student import InputSpec, build_student
+from ams_ros.model.student import InputSpec, build_student
+from ams_ros.model.template import StudentTemplate
 from ams_ros.world import CLASS_NAMES
 
 ARCH = 'deeplabv3_mbv2_small'

@@ -23,6 +23,7 @@ worker expires.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,3 +116,22 @@ class ClientRegistry:
     def _occupied(self) -> int:
         """Places taken: admitted clients and configured drones not seen yet."""
         return len(self._last_seen) + len(self._configured - self._last_seen.keys())
+
+
+def stable_shard(client_id: str, count: int) -> int:
+    """Return the shard of a client id: the same on every machine and Python run."""
+    digest = hashlib.sha256(client_id.encode()).digest()
+    return int.from_bytes(digest[:8], 'big') % count
+
+
+def ownership(client_ids, shard_index: int = 0, shard_count: int = 1) -> Callable[[str], bool]:
+    """Return `owns(client_id)`: listed in `client_ids` (empty: any) and in this shard.
+
+    A fleet that outgrows one ground runs several, each owning the client ids with
+    ``sha256(client_id) % shard_count == shard_index``.
+    """
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f'shard_index {shard_index} must be below shard_count {shard_count}')
+    allowed = frozenset(client_ids)
+    return lambda client_id: ((not allowed or client_id in allowed)
+                              and stable_shard(client_id, shard_count) == shard_index)

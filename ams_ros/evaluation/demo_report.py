@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ams_ros.metrics import confusion_matrix, mean_iou
+from ams_ros.pixels import resize_labels
 
 STATUS_FIELDS = ('active_version', 'inference_fps', 'latency_p50_ms', 'latency_p99_ms',
                  'frames_received', 'frames_inferred', 'frames_sampled', 'batches_sent',
@@ -42,14 +43,6 @@ class FrameScore:
     version: int  # the drone's active version as last reported
     adapted: np.ndarray  # confusion matrix [label, prediction]
     baseline: np.ndarray | None = None
-
-
-def _resize_nearest(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if ids.shape == shape:
-        return ids
-    rows = (np.arange(shape[0]) * ids.shape[0]) // shape[0]
-    cols = (np.arange(shape[1]) * ids.shape[1]) // shape[1]
-    return ids[rows][:, cols]
 
 
 def _pooled(matrices: Sequence[np.ndarray]) -> float:
@@ -157,7 +150,7 @@ class DemoMonitor:
 
     def _score(self, stamp_ns: int, entry: dict) -> None:
         label = entry['label']
-        mask = _resize_nearest(entry['mask'], label.shape)
+        mask = resize_labels(entry['mask'], *label.shape)
         version = int(self.statuses[-1].get('active_version', 0)) if self.statuses else 0
         score = FrameScore(self.elapsed(), stamp_ns, version,
                            confusion_matrix(label, mask, self.num_classes))
@@ -187,7 +180,7 @@ class DemoMonitor:
                     self.counts['baseline_skipped'] += 1
                 continue
             try:
-                prediction = _resize_nearest(np.asarray(self._baseline(rgb)), label.shape)
+                prediction = resize_labels(self._baseline(rgb), *label.shape)
                 matrix = confusion_matrix(label, prediction, self.num_classes)
             except Exception:  # noqa: BLE001 - a failing baseline leaves the frame out
                 matrix = None

@@ -14,12 +14,12 @@ A checkpoint is two files: `NAME.pt`, a torch state_dict (running statistics inc
 pretrained and how well it did on held-out flights):
 
     model, meta = load_student('ams_ros/data/student_small_128x256.pt')
-    template = load_template('ams_ros/data/student_small_128x256.pt')  # ground: StudentTemplate
+    template = from_checkpoint('ams_ros/data/student_small_128x256.pt')  # ams_ros.model.template
     export_onnx(model, meta, 'student.onnx')  # the drone's model, with AMS metadata
 
-Command line (`python -m ams_ros.pretrain --help`, also `ams pretrain`):
+Command line (`python -m ams_ros.model.pretrain --help`, also `ams pretrain`):
 
-    python -m ams_ros.pretrain --arch deeplabv3_mbv2_small --height 128 --width 256 \
+    python -m ams_ros.model.pretrain --arch deeplabv3_mbv2_small --height 128 --width 256 \
         --steps 2000 --out ams_ros/data/student_small_128x256.pt --onnx
 
 Cost: the small student at 128x256, batch 16, takes about 0.7 s per step on 2 idle CPU cores
@@ -55,11 +55,11 @@ import torch
 import torch.nn.functional as F
 
 from ams_ros.metrics import MiouAccumulator
-from ams_ros.student import STUDENT_ARCHS, InputSpec, build_student
+from ams_ros.model.student import STUDENT_ARCHS, InputSpec, build_student, pixel_normalisation
 from ams_ros.world import CLASS_NAMES, FIRST_HELD_OUT_SEED, NUM_CLASSES, AerialVideo
 
 FORMAT = 'ams-student-checkpoint/1'
-DATA_DIR = Path(__file__).resolve().parent / 'data'
+DATA_DIR = Path(__file__).resolve().parents[1] / 'data'
 # The packaged checkpoints: the CPU demo / --quick profile (committed) and the full profile
 # (256x512; shipped where one was made, else pretrained once on first use: see packaged_student).
 SMALL_CHECKPOINT = DATA_DIR / 'student_small_128x256.pt'
@@ -236,8 +236,7 @@ def _to_input(frames: np.ndarray, spec: InputSpec, device: torch.device) -> torc
 
 
 def _normalise(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1) * 255.0
+    mean, std = pixel_normalisation(spec, x.device)
     return (x - mean) / std
 
 
@@ -424,7 +423,7 @@ def specialise(model: torch.nn.Module, frames: np.ndarray, labels: np.ndarray, s
     """
     import copy
 
-    from ams_ros.student import freeze_batchnorm_statistics
+    from ams_ros.model.student import freeze_batchnorm_statistics
 
     device = torch.device(device)
     tuned = copy.deepcopy(model).to(device)
@@ -523,6 +522,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache').expanduser() / 'ams_ros'
 
 
+def cached_student(shipped: Path, cache: Path | None = None) -> Path:
+    """Where the pretrained copy of a student that is not shipped is kept, for this world."""
+    return (cache or cache_dir()) / f'{shipped.stem}-{world_fingerprint()}.pt'
+
+
 def packaged_student(name: str, log: Callable[[str], None] = print,
                      device: str | None = None) -> Path:
     """Return the checkpoint file of a packaged student (a key of PACKAGED)."""
@@ -539,7 +543,7 @@ def shipped_or_pretrained(shipped: Path, recipe: PretrainConfig, cache: Path,
     """
     if shipped.is_file():
         return shipped
-    cached = cache / f'{shipped.stem}-{world_fingerprint()}.pt'
+    cached = cached_student(shipped, cache)
     if cached.is_file():
         return cached
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -553,18 +557,10 @@ def shipped_or_pretrained(shipped: Path, recipe: PretrainConfig, cache: Path,
     return cached
 
 
-def load_template(path: str | Path):
-    """Load a checkpoint as the ground's StudentTemplate (exports the drone's ONNX once)."""
-    from ams_ros.ground_client import StudentTemplate
-
-    model, meta = load_student(path)
-    return StudentTemplate.from_model(model, meta.arch, meta.class_names, meta.input_spec)
-
-
 def export_onnx(model: torch.nn.Module, metadata: StudentMetadata,
                 path: str | Path | None = None) -> bytes:
     """Export the drone's ONNX model (model id, class names, manifest in its metadata)."""
-    from ams_ros.ground_client import StudentTemplate
+    from ams_ros.model.template import StudentTemplate
 
     template = StudentTemplate.from_model(model, metadata.arch, metadata.class_names,
                                           metadata.input_spec)

@@ -1,6 +1,6 @@
-"""Many drones, one training device (paper Appendix E).
+"""Many drones, one training device (paper Appendix E): which drone trains next.
 
-Each drone is a GroundClient with its own buffer, optimiser state and mirror. The device trains
+Each drone is a DroneSession with its own buffer, optimiser state and mirror. The device trains
 one phase at a time; the scheduler picks which drone goes next among those with new frames:
 
 - ``round_robin``: the drone that has waited longest since its last phase;
@@ -8,8 +8,8 @@ one phase at a time; the scheduler picks which drone goes next among those with 
   to its scene-change score (floored so calm scenes are never starved), and the drone with the
   most credit trains and spends it. Fast-changing scenes get proportionally more phases.
 
-Clients come and go: a drone is added when its first batch arrives (or explicitly) and removed
-when it leaves; removing one never disturbs the others.
+Drones come and go: one is added on first contact and removed when it leaves; removing one
+never disturbs the others.
 """
 
 from __future__ import annotations
@@ -17,19 +17,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ams_ros.ground_client import GroundClient, GroundConfig, PhaseOutput, StudentTemplate
+from ams_ros.ground.drone_session import DroneSession, GroundConfig, PhaseOutput
+from ams_ros.model.template import StudentTemplate
 
 POLICIES = ('round_robin', 'phi_weighted')
 
 
 @dataclass
 class _Slot:
-    client: GroundClient
+    session: DroneSession
     credit: float = 0.0
     last_trained: int = -1  # decision counter of its last phase
 
 
-class GroundServer:
+class PhaseScheduler:
     """Serve any number of drones; train them in turn on one device."""
 
     def __init__(self, template: StudentTemplate, make_teacher: Callable[[str], object],
@@ -52,23 +53,20 @@ class GroundServer:
     def client_ids(self) -> list[str]:
         return list(self._slots)
 
-    def client(self, client_id: str) -> GroundClient:
-        return self._slots[client_id].client
+    def session(self, client_id: str) -> DroneSession:
+        return self._slots[client_id].session
 
-    def add_client(self, client_id: str) -> GroundClient:
-        """Return the drone's client, creating it (from the template) on first contact."""
+    def add(self, client_id: str) -> DroneSession:
+        """Return the drone's session, creating it (from the template) on first contact."""
         slot = self._slots.get(client_id)
         if slot is None:
-            client = GroundClient(client_id, self.template, self.make_teacher(client_id),
-                                  self.config, seed=self._seed + len(self._slots))
-            slot = self._slots[client_id] = _Slot(client)
-        return slot.client
+            session = DroneSession(client_id, self.template, self.make_teacher(client_id),
+                                   self.config, seed=self._seed + len(self._slots))
+            slot = self._slots[client_id] = _Slot(session)
+        return slot.session
 
-    def remove_client(self, client_id: str) -> None:
+    def remove(self, client_id: str) -> None:
         self._slots.pop(client_id, None)
-
-    def add_frames(self, client_id: str, frames, stamps):
-        return self.add_client(client_id).add_frames(frames, stamps)
 
     def train_next(self) -> tuple[str, PhaseOutput] | None:
         """Schedule one drone and run its phase; None when no drone has new frames.
@@ -79,18 +77,18 @@ class GroundServer:
         client_id = self._schedule()
         if client_id is None:
             return None
-        return client_id, self._slots[client_id].client.train_phase()
+        return client_id, self._slots[client_id].session.train_phase()
 
     def _schedule(self) -> str | None:
         """Pick the drone that trains next and charge it for the phase (credit, turn)."""
-        ready = {cid: s for cid, s in self._slots.items() if s.client.pending_frames > 0}
+        ready = {cid: s for cid, s in self._slots.items() if s.session.pending_frames > 0}
         if not ready:
             return None
         if self.policy == 'round_robin':
             client_id = min(ready, key=lambda cid: ready[cid].last_trained)
         else:
             for slot in ready.values():
-                slot.credit += max(slot.client.phi or 0.0, self.phi_floor)
+                slot.credit += max(slot.session.phi or 0.0, self.phi_floor)
             client_id = max(ready, key=lambda cid: ready[cid].credit)
         self._decisions += 1
         ready[client_id].last_trained = self._decisions

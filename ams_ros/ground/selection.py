@@ -94,13 +94,6 @@ def select_indices(strategy: str, total: int, fraction: float = DEFAULT_FRACTION
     raise ValueError(f'unknown strategy {strategy!r}; expected one of {STRATEGIES}')
 
 
-def indices_to_mask(indices: np.ndarray, total: int) -> np.ndarray:
-    """Return the binary mask b_n of Algorithm 2, line 2."""
-    mask = np.zeros(total, dtype=bool)
-    mask[indices] = True
-    return mask
-
-
 def _need(value, name: str):
     if value is None:
         raise ValueError(f'this strategy needs {name}')

@@ -18,6 +18,9 @@ import numpy as np
 
 TAG_FIELD = 'auth_tag'
 MIN_KEY_BYTES = 16
+# Why a receiver refuses a message on the link: it carries no tag, a wrong one, or an old counter.
+UNSIGNED, BAD_SIGNATURE, REPLAYED = 'unsigned', 'bad-signature', 'replayed'
+AUTH_REFUSALS = (UNSIGNED, BAD_SIGNATURE, REPLAYED)
 
 
 def load_key(source: bytes | str | os.PathLike | None) -> bytes | None:

@@ -25,9 +25,9 @@ from onnx import numpy_helper
 from torch import nn
 
 from ams_ros import IGNORE_LABEL
-from ams_ros.manifest import ParameterManifest, module_to_vector, vector_to_module
-from ams_ros.onnx_params import MANIFEST_KEY, InitializerWriter
-from ams_ros.student import InputSpec
+from ams_ros.model.manifest import ParameterManifest, module_to_vector, vector_to_module
+from ams_ros.model.onnx_params import MANIFEST_KEY, InitializerWriter
+from ams_ros.model.student import InputSpec
 
 OPSET = 17
 

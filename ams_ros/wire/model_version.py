@@ -57,8 +57,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ams_ros.manifest import FLAT_DTYPE, vector_digest
-from ams_ros.patch_codec import DEFAULT_FORMAT, PatchError, PatchFormat, apply_patch, encode_patch
+from ams_ros.model.manifest import FLAT_DTYPE, vector_digest
+from ams_ros.wire.patch_codec import (
+    DEFAULT_FORMAT,
+    PatchError,
+    PatchFormat,
+    apply_patch,
+    encode_patch,
+)
 
 APPLIED = 'applied'
 DUPLICATE = 'duplicate'

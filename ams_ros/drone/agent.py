@@ -20,25 +20,27 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ams_ros.edge_runtime import EdgeRuntime, RuntimeConfig, resize_frame
-from ams_ros.frame_codec import CodecSettings, encode_frames
-from ams_ros.frame_sampler import FrameSampler
-from ams_ros.manifest import ParameterManifest, vector_digest
-from ams_ros.model_version import NEEDS_SNAPSHOT, EdgeModelState, Outcome, PatchPayload
-from ams_ros.onnx_params import (
+from ams_ros.drone.edge_runtime import EdgeRuntime, RuntimeConfig
+from ams_ros.drone.frame_sampler import FrameSampler
+from ams_ros.model.manifest import ParameterManifest, vector_digest
+from ams_ros.model.onnx_params import (
     CLASS_NAMES_KEY,
     MODEL_ID_KEY,
     manifest_from_metadata,
     model_metadata,
     read_vector,
 )
-from ams_ros.snapshot import (
+from ams_ros.pixels import resize_frame
+from ams_ros.wire.frame_codec import CodecSettings, encode_frames
+from ams_ros.wire.model_version import NEEDS_SNAPSHOT, EdgeModelState, Outcome, PatchPayload
+from ams_ros.wire.snapshot import (
     ModelInterface,
     SnapshotError,
     SnapshotPayload,
     model_interface,
     open_snapshot,
 )
+from ams_ros.wire.uplink_batch import UplinkBatch
 
 
 @dataclass(frozen=True)
@@ -69,21 +71,6 @@ class DroneConfig:
             _check_within(name, getattr(self, name), low, high)
 
 
-@dataclass(frozen=True)
-class UplinkBatch:
-    """One ams_msgs/FrameBatch message's content (all but the header)."""
-
-    client_id: str
-    seq: int
-    codec: str
-    width: int
-    height: int
-    stamps: tuple[float, ...]
-    data: bytes
-    sampling_rate: float
-    update_period: float
-
-
 class DroneAgent:
     """Student inference, verified model updates and uplink sampling for one drone."""
 
@@ -95,7 +82,6 @@ class DroneAgent:
         self.class_names: tuple[str, ...] = ()
         self._interface: ModelInterface | None = None  # of the model the runtime runs
         self._seq = 0
-        self.snapshot_rejections: dict[str, int] = {}
 
     @property
     def version(self) -> int:
@@ -225,7 +211,6 @@ class DroneAgent:
             raise SnapshotError('bad-model', f'{type(e).__name__}: {e}') from e
 
     def _snapshot_refused(self, error: SnapshotError) -> Outcome:
-        self.snapshot_rejections[error.reason] = self.snapshot_rejections.get(error.reason, 0) + 1
         return Outcome(NEEDS_SNAPSHOT, f'snapshot-{error.reason}', self.state.version)
 
     def _run_active(self, runtime: EdgeRuntime | None, interface: ModelInterface,

@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from ams_ros import IGNORE_LABEL
-from ams_ros.horizon_buffer import DEFAULT_HORIZON_S, HorizonBuffer, LabelledFrame
-from ams_ros.manifest import FLAT_DTYPE, ParameterManifest
-from ams_ros.masked_adam import MaskedAdam, MaskedSGD
-from ams_ros.selection import (
+from ams_ros.ground.horizon_buffer import DEFAULT_HORIZON_S, HorizonBuffer
+from ams_ros.ground.masked_adam import MaskedAdam, MaskedSGD
+from ams_ros.ground.selection import (
     DEFAULT_FRACTION,
     GAUSS_SOUTHWELL,
     GRADIENT_GUIDED,
@@ -32,7 +31,9 @@ from ams_ros.selection import (
     STRATEGIES,
     select_indices,
 )
-from ams_ros.student import InputSpec, freeze_batchnorm_statistics
+from ams_ros.model.manifest import FLAT_DTYPE, ParameterManifest
+from ams_ros.model.student import InputSpec, freeze_batchnorm_statistics, pixel_normalisation
+from ams_ros.pixels import resize_labels
 
 OPTIMIZERS = ('adam', 'sgd')
 
@@ -90,8 +91,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.config, self.flat_weights)
         self.rng = np.random.default_rng(seed)
         # Normalisation folded into one subtract and one divide on 0..255 pixel values.
-        self._pixel_mean = _channel_tensor(self.input_spec.mean, self.device) * 255.0
-        self._pixel_std = _channel_tensor(self.input_spec.std, self.device) * 255.0
+        self._pixel_mean, self._pixel_std = pixel_normalisation(self.input_spec, self.device)
 
     def weights(self) -> np.ndarray:
         """Return a copy of the current flat parameter vector (manifest order)."""
@@ -108,31 +108,83 @@ class Trainer:
     def run_phase(self, buffer: HorizonBuffer, now: float | None = None) -> PhaseResult:
         """One training phase on the buffer's frames in [now - T_horizon, now]."""
         start = time.perf_counter()
-        ensure_flat_binding(self.model, self.manifest, self.flat_weights, self.flat_grads)
-        freeze_batchnorm_statistics(self.model)
+        self.begin()
         config = self.config
-        total = self.manifest.total_size
         indices = None
         if config.strategy != GAUSS_SOUTHWELL:
-            indices = self._to_device(select_indices(
-                config.strategy, total, config.fraction, self.rng,
-                previous_update=self._ranking_signal()))
+            indices = self.select()
         losses = []
         for _ in range(config.iterations):
             batch = buffer.sample(config.batch_size, self.rng, now, config.horizon_s)
             if not batch:
                 raise ValueError('no labelled frames within the training horizon')
-            losses.append(self._backward(batch))
+            x, y = self.inputs([s.frame for s in batch], [s.label for s in batch])
+            loss = self.backward(self.forward(x), y)
+            losses.append(loss)
             if indices is None:  # Gauss-Southwell ranks the gradient at the phase's start
-                indices = self._to_device(select_indices(
-                    config.strategy, total, config.fraction,
-                    gradient=self.flat_grads.cpu().numpy()))
+                indices = self.select()
             self.optimizer.step(self.flat_grads, indices)
-        values = self.flat_weights[indices].cpu().numpy()
         return PhaseResult(
-            indices=indices.cpu().numpy(), values=values,
+            indices=indices.cpu().numpy(), values=self.values(indices),
             mean_loss=float(torch.stack(losses).mean()), iterations=config.iterations,
             seconds=time.perf_counter() - start)
+
+    # Single steps, for schemes that train outside phases (Just-In-Time): begin, then any
+    # number of forward / backward / select / step.
+
+    def begin(self) -> None:
+        """Check the flat binding and freeze BatchNorm statistics before training."""
+        ensure_flat_binding(self.model, self.manifest, self.flat_weights, self.flat_grads)
+        freeze_batchnorm_statistics(self.model)
+
+    def inputs(self, frames, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (x, y): the frames normalised and their labels, at the model's input size."""
+        size = (self.input_spec.height, self.input_spec.width)
+        x = frames_to_input(list(frames), size, self._pixel_mean, self._pixel_std,
+                            self.config.channels_last)
+        y = np.stack([resize_labels(label, *size) for label in labels])
+        return x, torch.from_numpy(y).to(self.device).long()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the model's logits for x, with the flat gradient zeroed for a backward."""
+        self.flat_grads.zero_()
+        return self.model(x)
+
+    def backward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Accumulate the loss's gradient into the flat gradient; return the loss."""
+        loss = segmentation_loss(logits, y)
+        loss.backward()
+        return loss.detach()
+
+    def select(self) -> torch.Tensor:
+        """Return the indices the configured strategy picks now (on the training device).
+
+        Gauss-Southwell ranks the current gradient, so call it after a backward.
+        """
+        config = self.config
+        total = self.manifest.total_size
+        if config.strategy == GAUSS_SOUTHWELL:
+            indices = select_indices(config.strategy, total, config.fraction,
+                                     gradient=self.flat_grads.cpu().numpy())
+        else:
+            indices = select_indices(config.strategy, total, config.fraction, self.rng,
+                                     previous_update=self._ranking_signal())
+        return torch.from_numpy(indices).to(self.device)
+
+    def step(self, indices: torch.Tensor) -> None:
+        """Apply one optimiser step to `indices` (every parameter's state is updated)."""
+        self.optimizer.step(self.flat_grads, indices)
+
+    def values(self, indices: torch.Tensor) -> np.ndarray:
+        """Return the current weights at `indices` (float32)."""
+        return self.flat_weights[indices].cpu().numpy()
+
+    def reset_optimizer(self) -> None:
+        """Forget the optimiser's state (e.g. after a diverged step).
+
+        The next selection is then random, as a first phase's.
+        """
+        self.optimizer = make_optimizer(self.config, self.flat_weights)
 
     def _ranking_signal(self) -> np.ndarray | None:
         """Return what the gradient strategies rank to pick the next phase's parameters."""
@@ -141,21 +193,6 @@ class Trainer:
         signal = (self.optimizer.gradient_average if self.config.strategy == GRADIENT_MAGNITUDE
                   else self.optimizer.update)
         return signal.cpu().numpy()
-
-    def _to_device(self, indices: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(indices).to(self.device)
-
-    def _backward(self, batch: list[LabelledFrame]) -> torch.Tensor:
-        spec = self.input_spec
-        size = (spec.height, spec.width)
-        x = frames_to_input([s.frame for s in batch], size, self._pixel_mean, self._pixel_std,
-                            self.config.channels_last)
-        labels = np.stack([resize_labels_nearest(s.label, size) for s in batch])
-        y = torch.from_numpy(labels).to(self.device).long()
-        self.flat_grads.zero_()
-        loss = segmentation_loss(self.model(x), y)
-        loss.backward()
-        return loss.detach()
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -186,19 +223,6 @@ def frames_to_input(frames: list[np.ndarray], size: tuple[int, int], pixel_mean:
     x = torch.cat(images).sub_(pixel_mean).div_(pixel_std)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=memory_format)
-
-
-def resize_labels_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a class-id map (interpolating ids would invent classes).
-
-    Each output pixel takes the input pixel under its centre (torch's 'nearest-exact').
-    """
-    height, width = label.shape
-    if (height, width) == tuple(size):
-        return label
-    rows = ((np.arange(size[0]) + 0.5) * height / size[0]).astype(np.int64)
-    cols = ((np.arange(size[1]) + 0.5) * width / size[1]).astype(np.int64)
-    return label[rows[:, None], cols[None, :]]
 
 
 def bind_flat_parameters(model: torch.nn.Module,
@@ -241,7 +265,3 @@ def make_optimizer(config: TrainerConfig, weights: torch.Tensor) -> MaskedAdam |
     if config.optimizer == 'adam':
         return MaskedAdam(weights, config.learning_rate, config.betas, config.eps)
     return MaskedSGD(weights, config.learning_rate, config.momentum)
-
-
-def _channel_tensor(values, device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ams_ros.manifest import ParameterManifest, vector_digest
-from ams_ros.onnx_params import InitializerWriter, check_initializers, read_vector
+from ams_ros.model.manifest import ParameterManifest, vector_digest
+from ams_ros.model.onnx_params import InitializerWriter, check_initializers, read_vector
 
 FORMAT_ONNX = 'onnx'
 # What a uint8[] field may arrive as; bytes() of anything else (an int) could allocate gigabytes.

@@ -13,26 +13,31 @@ values included).
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ams_ros.horizon_buffer import HorizonBuffer
-from ams_ros.manifest import ParameterManifest, module_to_vector
-from ams_ros.model_version import GroundMirror, PatchPayload
-from ams_ros.onnx_params import CLASS_NAMES_KEY, MODEL_ID_KEY, InitializerWriter
-from ams_ros.patch_codec import DEFAULT_FORMAT, PatchFormat
-from ams_ros.rate_control import (
+from ams_ros.ground.horizon_buffer import HorizonBuffer
+from ams_ros.ground.rate_control import (
     AdaptiveSamplingRate,
     AdaptiveTrainingRate,
     AsrConfig,
     AtrConfig,
     phi_score,
 )
-from ams_ros.snapshot import SnapshotPayload, build_snapshot
-from ams_ros.stamp_guard import REANCHOR, StampGuard, StampGuardConfig, StampRefused, StampVerdict
-from ams_ros.trainer import PhaseResult, Trainer, TrainerConfig
+from ams_ros.ground.stamp_guard import (
+    REANCHOR,
+    StampGuard,
+    StampGuardConfig,
+    StampRefused,
+    StampVerdict,
+)
+from ams_ros.ground.trainer import PhaseResult, Trainer, TrainerConfig
+from ams_ros.model.onnx_params import InitializerWriter
+from ams_ros.model.template import StudentTemplate
+from ams_ros.wire.model_version import GroundMirror, PatchPayload
+from ams_ros.wire.patch_codec import DEFAULT_FORMAT, PatchFormat
+from ams_ros.wire.snapshot import SnapshotPayload, build_snapshot
 
 # The model a drone starts from (the pretrained student) is version 1; 0 means "no model".
 INITIAL_VERSION = 1
@@ -55,34 +60,6 @@ class GroundConfig:
 
 
 @dataclass(frozen=True)
-class StudentTemplate:
-    """What every drone starts from: the student's weights, export and metadata."""
-
-    model: object  # torch.nn.Module holding the initial (pretrained) weights
-    manifest: ParameterManifest
-    model_id: str
-    onnx_bytes: bytes
-    class_names: tuple[str, ...]
-    input_spec: object  # ams_ros.student.InputSpec
-
-    @classmethod
-    def from_model(cls, model, arch: str, class_names, input_spec) -> StudentTemplate:
-        """Export the model once; every client's snapshots are written into this export."""
-        from ams_ros.onnx_export import export_student_onnx
-
-        model_id = ParameterManifest.from_module(model).model_id(arch)
-        exported = export_student_onnx(model, input_spec, {
-            MODEL_ID_KEY: model_id, CLASS_NAMES_KEY: json.dumps(list(class_names))})
-        return cls(model=model, manifest=exported.manifest, model_id=model_id,
-                   onnx_bytes=exported.model_bytes, class_names=tuple(class_names),
-                   input_spec=input_spec)
-
-    @property
-    def initial_vector(self) -> np.ndarray:
-        return module_to_vector(self.model, self.manifest)
-
-
-@dataclass(frozen=True)
 class PhaseOutput:
     patch: PatchPayload
     result: PhaseResult
@@ -94,7 +71,7 @@ class RateDecision:
     update_period: float  # T_update, s
 
 
-class GroundClient:
+class DroneSession:
     """Buffer, trainer, mirror and rate controllers of one drone."""
 
     def __init__(self, client_id: str, template: StudentTemplate, teacher,
@@ -116,7 +93,6 @@ class GroundClient:
         self._last_label: tuple[float, np.ndarray] | None = None
         self._phi_average: float | None = None  # the scheduler's signal, fresher than ASR's
         self.pending_frames = 0  # labelled since the last phase
-        self.frames_labelled = 0
 
     @property
     def phi(self) -> float | None:
@@ -150,7 +126,6 @@ class GroundClient:
             if self._last_label is None or stamp > self._last_label[0]:
                 self._last_label = (stamp, label)
             self.pending_frames += 1
-            self.frames_labelled += 1
         return labels
 
     def _shift(self, offset: float) -> None:

@@ -30,7 +30,8 @@ import cv2
 import numpy as np
 
 from ams_ros import IGNORE_LABEL
-from ams_ros.student import IMAGENET_MEAN, IMAGENET_STD
+from ams_ros.model.student import IMAGENET_MEAN, IMAGENET_STD
+from ams_ros.pixels import resize_frame, resize_labels
 
 IN_GRAPH = 'in-graph'   # normalisation: feed float 0..255 pixels, the model normalises them
 
@@ -110,13 +111,10 @@ def normalise(frames: np.ndarray, constants) -> np.ndarray:
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Resize N x H x W x 3 frames to size (height, width) with area/bilinear; None: as is."""
+    """Resize N x H x W x 3 frames to size (height, width) (ams_ros.pixels); None: as is."""
     if size is None or frames.shape[1:3] == tuple(size):
         return frames
-    height, width = size
-    shrinking = frames.shape[1] * frames.shape[2] > height * width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(f, (width, height), interpolation=interpolation) for f in frames])
+    return np.stack([resize_frame(f, *size) for f in frames])
 
 
 def logits_to_ids(logits: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -134,17 +132,6 @@ def _resize_channels(scores: np.ndarray, height: int, width: int) -> np.ndarray:
                         interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
              for part in np.array_split(scores, -(-len(scores) // 512))]
     return np.concatenate(parts, axis=2).transpose(2, 0, 1)
-
-
-def resize_ids(ids: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize (N, h, w) class ids to height x width, nearest (ids are not quantities)."""
-    if ids.shape[1:] == (height, width):
-        return ids
-    # cv2 does not resize int64; teacher ids past uint16 would need a class map anyway.
-    if ids.min() < 0 or ids.max() > np.iinfo(np.uint16).max:
-        raise ValueError(f'teacher class ids {ids.min()}..{ids.max()} out of range')
-    return np.stack([cv2.resize(i.astype(np.uint16), (width, height),
-                                interpolation=cv2.INTER_NEAREST) for i in ids])
 
 
 def label_in_batches(label_batch, frames: np.ndarray, batch_size: int) -> np.ndarray:
@@ -228,7 +215,7 @@ class OnnxTeacher:
         if self.output == 'logits':
             ids = logits_to_ids(out, height, width)
         else:
-            ids = resize_ids(out.reshape(len(frames), *out.shape[-2:]), height, width)
+            ids = resize_labels(out.reshape(len(frames), *out.shape[-2:]), height, width)
         return to_student_ids(ids, self.table)
 
 
@@ -246,11 +233,16 @@ def _channels_last(shape: Sequence, takes_uint8: bool) -> bool:
 # -- torch ------------------------------------------------------------------------------------
 
 def select_torch_device(device: str = 'auto') -> str:
-    """Return 'cuda' for 'auto' where CUDA is available, else 'cpu'; other names unchanged."""
+    """Return 'cuda' for 'auto' where CUDA is available, else 'cpu'; other names unchanged.
+
+    ValueError for 'cuda' where torch sees no CUDA device.
+    """
     import torch
 
     if device == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise ValueError("device 'cuda': torch sees no CUDA device")
     return device
 
 

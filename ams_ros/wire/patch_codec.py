@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from ams_ros.manifest import FLAT_DTYPE
+from ams_ros.model.manifest import FLAT_DTYPE
 
 INDEX_SCHEMES = ('bitmask', 'gaps', 'full')
 VALUE_MODES = ('fp16', 'fp16-delta', 'q8-delta', 'fp32')

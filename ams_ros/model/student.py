@@ -36,6 +36,17 @@ class InputSpec:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
+def pixel_normalisation(spec: InputSpec, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the spec's (mean, std) in 0..255 pixel units as (1, 3, 1, 1) float32 tensors.
+
+    The one place the student's normalisation is made for torch: ``(x - mean) / std`` on
+    0..255 pixels is ``(x/255 - spec.mean) / spec.std``.
+    """
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean * 255.0, std * 255.0
+
+
 @dataclass(frozen=True)
 class StudentConfig:
     width_mult: float

@@ -1,6 +1,7 @@
 """Edge side: the drone's student in ONNX Runtime, double-buffered so patches never stall it.
 
-How new weights get into the running model (measured, see notes/measurements.md):
+How new weights get into the running model (measured on ONNX Runtime 1.32; bench/bench_edge.py
+measures what swaps cost a running model):
 
 - ``SessionOptions.add_initializer`` at the default optimisation level is silently ignored:
   constant folding and BatchNorm fusion bake the original values into the optimised graph;
@@ -32,12 +33,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
-from ams_ros.manifest import ParameterManifest
-from ams_ros.onnx_params import InitializerWriter
+from ams_ros.model.manifest import ParameterManifest
+from ams_ros.model.onnx_params import InitializerWriter
+from ams_ros.pixels import resize_frame, resize_labels
 
 # Fastest first. TensorRT compiles an engine per session, i.e. per swap: seconds to minutes.
 DEFAULT_PROVIDER_ORDER = (
@@ -49,7 +50,9 @@ class RuntimeConfig:
     """How sessions are built.
 
     providers: ONNX Runtime providers to try, in order; those not available are skipped.
-    use_tensorrt: drop TensorRT even if available, where swaps must be quick.
+    use_tensorrt: keep TensorRT among the providers when it is available (fastest inference,
+        but every swap compiles an engine: seconds to minutes); False drops it, where swaps
+        must be quick.
     intra_op_threads: threads per inference (0: ONNX Runtime's default).
     latency_window: how many recent frames the latency statistics cover.
     swap_history: how many recent swap records are kept.
@@ -72,18 +75,6 @@ def select_providers(preferred: tuple[str, ...] = DEFAULT_PROVIDER_ORDER,
     if 'CPUExecutionProvider' not in chosen:
         chosen.append('CPUExecutionProvider')
     return chosen
-
-
-def resize_frame(frame_rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize an RGB uint8 frame to height x width: area averaging down, bilinear up."""
-    frame_rgb = np.asarray(frame_rgb)
-    if frame_rgb.dtype != np.uint8 or frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3:
-        raise ValueError(f'expected a uint8 HxWx3 frame, got {frame_rgb.dtype} {frame_rgb.shape}')
-    if frame_rgb.shape[:2] == (height, width):
-        return np.ascontiguousarray(frame_rgb)
-    shrinking = frame_rgb.shape[0] * frame_rgb.shape[1] > height * width
-    return cv2.resize(frame_rgb, (width, height),
-                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 @dataclass(frozen=True)
@@ -238,8 +229,7 @@ class EdgeRuntime:
         image = resize_frame(frame_rgb, active.height, active.width)
         mask = active.session.run(['labels'], {active.input_name: image[None]})[0][0]
         if resize_to_input and mask.shape != frame_rgb.shape[:2]:
-            mask = cv2.resize(mask, (frame_rgb.shape[1], frame_rgb.shape[0]),
-                              interpolation=cv2.INTER_NEAREST)
+            mask = resize_labels(mask, *frame_rgb.shape[:2])
         finished = time.perf_counter()
         self._latency.record(finished - started, finished)
         return mask

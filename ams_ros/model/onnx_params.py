@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ams_ros.manifest import FLAT_DTYPE, ParameterManifest
+from ams_ros.model.manifest import FLAT_DTYPE, ParameterManifest
 
 
 def check_initializers(model: onnx.ModelProto, manifest: ParameterManifest) -> None:
@@ -68,7 +68,7 @@ def manifest_from_metadata(model: onnx.ModelProto) -> ParameterManifest:
     text = model_metadata(model).get(MANIFEST_KEY)
     if text is None:
         raise ValueError(f"the ONNX model has no '{MANIFEST_KEY}' metadata: export it with "
-                         'ams_ros.onnx_export.export_student_onnx')
+                         'ams_ros.model.onnx_export.export_student_onnx')
     manifest = ParameterManifest.from_json(text)
     check_initializers(model, manifest)
     return manifest
