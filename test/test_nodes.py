@@ -359,28 +359,28 @@ def test_ground_streams_a_model_to_a_drone_and_it_advances(system):
         assert process.poll() is None, logs(processes)
 
 
-def test_ground_spins_while_its_student_is_prepared(tmp_path):
+def test_ground_spins_while_its_student_is_prepared(system, tmp_path):
     """A packaged student neither shipped nor cached is pretrained after the node is up."""
+    node, _ = system
     ground = start('ams_ros.ros.ground_node', tmp_path, 'ground', *params(
         student='pretrained', device='cpu', torch_threads=1, discover=False,
-        status_period=0.5), env={'XDG_CACHE_HOME': str(tmp_path / 'cache')})
-    rclpy.init()
-    node = rclpy.create_node('ams_preparing_test')
+        status_period=0.5, shard_index=1, shard_count=2),  # its shard tells it from the others
+        env={'XDG_CACHE_HOME': str(tmp_path / 'cache')})
     diagnostics = []
+    subscription = node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append,
+                                            10)
+
+    def preparing():
+        return next((s for a in diagnostics for s in a.status if s.name == 'ams_ground'
+                     and {kv.key: kv.value for kv in s.values}.get('shard') == '1/2'), None)
+
     try:
-        node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
-
-        def preparing():
-            return next((s for a in diagnostics for s in a.status if s.name == 'ams_ground'),
-                        None)
-
         assert spin_until(node, lambda: preparing() is not None, 60), logs({'ground': ground})
         status = preparing()
         values = {kv.key: kv.value for kv in status.values}
         assert values['student'].startswith('pretraining the packaged student pretrained')
         assert status.level == DiagnosticStatus.WARN and ground.poll() is None
     finally:
-        node.destroy_node()
-        rclpy.shutdown()
+        node.destroy_subscription(subscription)
         ground.kill()  # its worker is pretraining: no need to wait for it
         ground.wait()

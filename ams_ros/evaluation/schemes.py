@@ -320,10 +320,10 @@ class _AmsRun:
                 self.frames_received += 1
                 batch = self.drone.sample(stamp, frame)
                 if batch is not None:
+                    self._send_status(stamp)  # what it runs as it sends: before the batch
                     self.link.uplink.send(stamp, batch, uplink_nbytes(batch), 'frames')
                     self.counts['batches_sent'] += 1
                     self.counts['frames_sent'] += len(batch.stamps)
-                    self._send_status(stamp)
                 ctx.report(stamp)
         finally:
             self.drone.close()

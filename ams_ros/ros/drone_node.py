@@ -25,7 +25,6 @@ import dataclasses
 import sys
 import threading
 import time
-from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -50,17 +49,17 @@ from ams_ros.drone.status import diagnostic_values, drone_health, edge_status_fi
 from ams_ros.ros import conversions as conv
 from ams_ros.ros.drone_parameters import (
     PARAMETERS,
+    check_uplink,
     codec_settings,
     default_client_id,
     drone_config,
+    start_from_file,
 )
 from ams_ros.ros.image_conversion import ImageConversionError, array_to_image, image_to_rgb
-from ams_ros.ros.link_auth import LinkSigner, LinkVerifier
-from ams_ros.ros.node_parameters import ParameterError, check, declare_all, read
+from ams_ros.ros.link_auth import link_ends
+from ams_ros.ros.node_parameters import check, declare_all, read
 from ams_ros.ros.qos import LATCHED, RELIABLE, camera_qos
 from ams_ros.ros.spin import guarded, run
-from ams_ros.wire.auth import load_key
-from ams_ros.wire.model_version import APPLIED
 from ams_ros.world import colour_table
 
 NODE_NAME = 'ams_drone'
@@ -74,16 +73,11 @@ class DroneNode(Node):
         self._params = declare_all(self, PARAMETERS)
         p = {name: read(self, name) for name in self._params}
         self.client_id = p['client_id'] or default_client_id(self.get_namespace())
-        config = drone_config(p, self.client_id)
-        try:
-            key = load_key(p['auth_key_file'] or None)
-        except (ValueError, OSError) as e:
-            raise ParameterError(str(e)) from e
-        self.agent = DroneAgent(config)
+        self.agent = DroneAgent(drone_config(p, self.client_id))
         self.updates = ModelUpdates(self.agent,
                                     SnapshotRequester(p['snapshot_request_interval']))
         # The link is authenticated message by message; the engine sees verified payloads.
-        self._signer, self._verifier = LinkSigner(key), LinkVerifier(key)
+        self._signer, self._verifier = link_ends(p['auth_key_file'])
         self._mask_resolution = p['mask_resolution']
         self._max_image_pixels = p['max_image_pixels']
         self._camera_size: tuple[int, int] | None = None  # (height, width) of the last frame
@@ -92,7 +86,7 @@ class DroneNode(Node):
         self.counters = Counters()
         self._agent_lock = threading.Lock()  # the agent's sampler and config
         if p['model_path']:
-            self._load_model_file(Path(p['model_path']).expanduser(), p['model_version'])
+            start_from_file(self.agent, p['model_path'], p['model_version'])
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.mask_pub = self.create_publisher(Image, '~/mask', 5)
@@ -132,14 +126,8 @@ class DroneNode(Node):
     # -- parameters ------------------------------------------------------------------------
 
     def _check_parameters(self, parameters) -> SetParametersResult:
-        reason = check(self._params, parameters)
-        if not reason and any(x.name.startswith('uplink.') for x in parameters):
-            merged = {name: read(self, name) for name in self._params}
-            merged.update({x.name: x.value for x in parameters})
-            try:
-                codec_settings(merged)
-            except ValueError as e:
-                reason = str(e)
+        reason = check(self._params, parameters) or check_uplink(
+            {name: read(self, name) for name in self._params}, parameters)
         return SetParametersResult(successful=not reason, reason=reason)
 
     def _apply_parameters(self, parameters) -> None:
@@ -157,15 +145,6 @@ class DroneNode(Node):
             self.updates.requester.set_interval(read(self, 'snapshot_request_interval'))
 
     # -- model updates ---------------------------------------------------------------------
-
-    def _load_model_file(self, path: Path, version: int) -> None:
-        try:
-            outcome = self.agent.load_model_file(path.read_bytes(), version)
-        except Exception as e:  # noqa: BLE001 - a file that is not a usable model
-            raise ParameterError(f"model_path '{path}': not a usable exported student "
-                                 f'({type(e).__name__}: {e})') from e
-        if outcome.kind != APPLIED:
-            raise ParameterError(f"model_path '{path}': {outcome.kind} ({outcome.reason})")
 
     @guarded
     def _on_patch(self, msg) -> None:

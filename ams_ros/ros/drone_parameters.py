@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from ams_ros.drone.agent import DroneConfig
+from pathlib import Path
+
+from ams_ros.drone.agent import DroneAgent, DroneConfig
 from ams_ros.drone.edge_runtime import DEFAULT_PROVIDER_ORDER, RuntimeConfig
 from ams_ros.ros.node_parameters import Param, ParameterError, list_type
 from ams_ros.ros.qos import CAMERA_QOS
 from ams_ros.wire.frame_codec import CODECS, RATE_CONTROLS, X264_PRESETS, CodecSettings
+from ams_ros.wire.model_version import APPLIED
 
 PARAMETERS = (
     Param('client_id', '', "this drone's id in every ams message; empty: the node's namespace "
@@ -101,3 +104,26 @@ def drone_config(p: dict, client_id: str) -> DroneConfig:
             update_period_max=p['limits.update_period_max'])
     except ValueError as e:
         raise ParameterError(str(e)) from e
+
+
+def check_uplink(current: dict, changes) -> str:
+    """Return why parameter `changes` would make the uplink settings invalid ('' if not)."""
+    if not any(x.name.startswith('uplink.') for x in changes):
+        return ''
+    try:
+        codec_settings({**current, **{x.name: x.value for x in changes}})
+    except ValueError as e:
+        return str(e)
+    return ''
+
+
+def start_from_file(agent: DroneAgent, model_path: str, version: int) -> None:
+    """Load `model_path` (an exported student) into the agent; ParameterError if unusable."""
+    path = Path(model_path).expanduser()
+    try:
+        outcome = agent.load_model_file(path.read_bytes(), version)
+    except Exception as e:  # noqa: BLE001 - a file that is not a usable model
+        raise ParameterError(f"model_path '{path}': not a usable exported student "
+                             f'({type(e).__name__}: {e})') from e
+    if outcome.kind != APPLIED:
+        raise ParameterError(f"model_path '{path}': {outcome.kind} ({outcome.reason})")

@@ -44,22 +44,16 @@ from ams_msgs.msg import (
     SamplingControl,
     SnapshotRequest,
 )
-from ams_ros.ground.client_registry import ClientRegistry, ownership
+from ams_ros.ground.client_registry import ClientRegistry
 from ams_ros.ground.event_queue import BATCH, CONTACT, SNAPSHOT, STATUS, DroneEvent, EventQueue
 from ams_ros.ground.station import GroundStation
 from ams_ros.ros import conversions as conv
 from ams_ros.ros.drone_parameters import default_client_id
-from ams_ros.ros.ground_parameters import (
-    PARAMETERS,
-    ground_config,
-    station_config,
-    teacher_spec,
-)
-from ams_ros.ros.link_auth import LinkSigner, LinkVerifier
+from ams_ros.ros.ground_parameters import PARAMETERS, ground_engine, station_config
+from ams_ros.ros.link_auth import link_ends
 from ams_ros.ros.node_parameters import ParameterError, check, declare_all, read
 from ams_ros.ros.qos import LATCHED, RELIABLE
 from ams_ros.ros.spin import guarded, run
-from ams_ros.wire.auth import load_key
 
 NODE_NAME = 'ams_ground'
 DRONE_TOPICS = ('/ams/frames', '/ams/snapshot_request', '/ams/status')
@@ -90,42 +84,19 @@ class GroundNode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         self._params = declare_all(self, PARAMETERS)
         p = {name: read(self, name) for name in self._params}
-        from ams_ros.ground.phase_scheduler import PhaseScheduler
-        from ams_ros.ground.teachers import make_teacher, select_torch_device
-        from ams_ros.model.template import TemplateError, load_template, needs_pretraining
-
-        try:
-            owns = ownership(p['client_ids'], p['shard_index'], p['shard_count'])
-            if p['torch_threads']:
-                import torch
-
-                torch.set_num_threads(p['torch_threads'])
-            device = select_torch_device(p['device'])
-            config = ground_config(p, device)
-            key = load_key(p['auth_key_file'] or None)
-            spec = teacher_spec(p, device)
-            # One teacher serves every drone (teachers are stateless); built now, so a bad
-            # teacher stops the node at start-up rather than at the first drone.
-            teacher = make_teacher(spec)
-            self._load_template = lambda: load_template(
-                p['student'], p['class_names'], (p['input_height'], p['input_width']),
-                p['seed'], device, self.get_logger().warning)
-            template = None if needs_pretraining(p['student']) else self._load_template()
-        except (ValueError, OSError, RuntimeError, TemplateError) as e:
-            raise ParameterError(str(e)) from e
+        engine = ground_engine(p, self.get_logger().warning)
         # The link is authenticated message by message; the engine sees verified payloads.
-        self._signer, self._verifier = LinkSigner(key), LinkVerifier(key)
-        self.registry = ClientRegistry(p['max_clients'], p['client_timeout'], owns)
-        self.station = GroundStation(
-            PhaseScheduler(template, lambda _client_id: teacher, config,
-                           policy=p['scheduler.policy'], phi_floor=p['scheduler.phi_floor'],
-                           seed=p['seed']),
-            self.registry, self, station_config(p), self._log)
+        self._signer, self._verifier = link_ends(p['auth_key_file'])
+        self.registry = ClientRegistry(p['max_clients'], p['client_timeout'], engine.owns)
+        self.station = GroundStation(engine.scheduler, self.registry, self,
+                                     station_config(p), self._log)
+        self._load_template = engine.load_template
         self.events = EventQueue(p['max_queued_batches'])
         self._shard = f"{p['shard_index']}/{p['shard_count']}"
         self._max_namespaces = 2 * p['max_clients']  # discovery serves no more than this
         self._endpoints: dict[str, _Endpoints] = {}
-        self._preparing = '' if template else f"pretraining the packaged student {p['student']}"
+        self._preparing = ('' if engine.scheduler.template
+                           else f"pretraining the packaged student {p['student']}")
 
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -141,7 +112,7 @@ class GroundNode(Node):
             namespace = '/' + namespace.strip('/')
             self._serve(namespace)
             client_id = default_client_id(namespace)
-            if owns(client_id):
+            if engine.owns(client_id):
                 try:
                     self.registry.bind(namespace, client_id)
                 except ValueError as e:
@@ -149,7 +120,7 @@ class GroundNode(Node):
                 self.events.put(DroneEvent(CONTACT, client_id))  # its sampling control
         self._worker.start()
         self.get_logger().info(
-            f"student {p['student']}, teacher {spec['kind']}, device {device}, shard "
+            f"student {p['student']}, teacher {p['teacher.kind']}, device {engine.device}, shard "
             f"{self._shard}, discovery {'on' if p['discover'] else 'off'}"
             + (f'; {self._preparing} first' if self._preparing else ''))
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from ams_ros.ground.client_registry import ownership
 from ams_ros.ground.drone_session import GroundConfig
-from ams_ros.ground.phase_scheduler import POLICIES
+from ams_ros.ground.phase_scheduler import POLICIES, PhaseScheduler
 from ams_ros.ground.rate_control import AsrConfig, AtrConfig
 from ams_ros.ground.selection import STRATEGIES
 from ams_ros.ground.station import StationConfig
@@ -191,3 +194,46 @@ def station_config(p: dict) -> StationConfig:
                          snapshot_burst=p['snapshot_budget.burst'],
                          snapshot_backoff_min_s=p['snapshot_budget.backoff_min_s'],
                          snapshot_backoff_max_s=p['snapshot_budget.backoff_max_s'])
+
+
+@dataclass(frozen=True)
+class GroundEngine:
+    """What the ground node serves with, made from its parameters."""
+
+    scheduler: PhaseScheduler  # its template is None while the student must be pretrained
+    load_template: Callable[[], object]  # loads (or pretrains) the student
+    owns: Callable[[str], bool]  # the client filter and shard
+    device: str
+
+
+def ground_engine(p: dict, warn: Callable[[str], None]) -> GroundEngine:
+    """Build the scheduler, teacher and student the parameters name; ParameterError if not.
+
+    The teacher is built now (one serves every drone: teachers are stateless), so a bad one
+    stops the node at start-up rather than at the first drone; so is the student, unless it is
+    a packaged one that must be pretrained first (``load_template`` then does it later).
+    """
+    from ams_ros.ground.teachers import make_teacher, select_torch_device
+    from ams_ros.model.template import TemplateError, load_template, needs_pretraining
+
+    try:
+        owns = ownership(p['client_ids'], p['shard_index'], p['shard_count'])
+        if p['torch_threads']:
+            import torch
+
+            torch.set_num_threads(p['torch_threads'])
+        device = select_torch_device(p['device'])
+        config = ground_config(p, device)
+        teacher = make_teacher(teacher_spec(p, device))
+
+        def load():
+            return load_template(p['student'], p['class_names'],
+                                 (p['input_height'], p['input_width']), p['seed'], device, warn)
+
+        template = None if needs_pretraining(p['student']) else load()
+    except (ValueError, OSError, RuntimeError, TemplateError) as e:
+        raise ParameterError(str(e)) from e
+    scheduler = PhaseScheduler(template, lambda _client_id: teacher, config,
+                               policy=p['scheduler.policy'], phi_floor=p['scheduler.phi_floor'],
+                               seed=p['seed'])
+    return GroundEngine(scheduler, load, owns, device)

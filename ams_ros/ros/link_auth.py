@@ -34,7 +34,8 @@ import time
 
 import numpy as np
 
-from ams_ros.wire.auth import BAD_SIGNATURE, REPLAYED, TAG_FIELD, UNSIGNED, encode_record
+from ams_ros.ros.node_parameters import ParameterError
+from ams_ros.wire.auth import BAD_SIGNATURE, REPLAYED, TAG_FIELD, UNSIGNED, encode_record, load_key
 
 MAX_SENDERS = 1024
 _DOMAIN = b'ams_ros-link-v1'
@@ -126,3 +127,15 @@ class LinkVerifier:
         """Return how many senders' counters are remembered."""
         with self._lock:
             return len(self._last)
+
+
+def link_ends(auth_key_file: str) -> tuple[LinkSigner, LinkVerifier]:
+    """Return the signer and verifier of a node's link (unsigned without a key file).
+
+    ParameterError when the file cannot be read or holds no usable key.
+    """
+    try:
+        key = load_key(auth_key_file or None)
+    except (ValueError, OSError) as e:
+        raise ParameterError(f'auth_key_file: {e}') from e
+    return LinkSigner(key), LinkVerifier(key)
