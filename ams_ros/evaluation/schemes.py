@@ -145,11 +145,10 @@ class Outbox:
         return kinds
 
 
-def one_drone_station(ctx: EvalContext, client_id: str, outbox: Outbox,
-                      config: GroundConfig | None = None) -> GroundStation:
+def one_drone_station(ctx: EvalContext, client_id: str, outbox: Outbox) -> GroundStation:
     """Return a GroundStation (the ground node's engine) serving one drone through `outbox`."""
-    scheduler = PhaseScheduler(ctx.template, lambda _client_id: ctx.teacher,
-                               config or ctx.ground, seed=ctx.seed)
+    scheduler = PhaseScheduler(ctx.template, lambda _client_id: ctx.teacher, ctx.ground,
+                               seed=ctx.seed)
     registry = ClientRegistry(max_clients=1, idle_timeout_s=1e9)  # the harness never expires
     registry.bind(f'/{client_id}', client_id)
     return GroundStation(scheduler, registry, outbox)
