@@ -295,7 +295,8 @@ def test_absurd_values_are_never_run(template, value, reason):
                                           (31.0, 4.0), (1.0, 0.4)])
 def test_sampling_outside_the_bounds_is_refused_and_the_last_good_kept(rate, period):
     drone = DroneAgent(drone_config())
-    drone.set_sampling(0.5, 8.0)
+    assert drone.set_sampling(0.5, 8.0) is True
+    assert drone.set_sampling(0.5, 8.0) is False  # the same decision again changes nothing
     with pytest.raises(ValueError, match='must be within'):
         drone.set_sampling(rate, period)
     assert (drone.sampler.rate, drone.sampler.update_period) == (0.5, 8.0)

@@ -230,6 +230,42 @@ def test_lost_patches_are_recovered_with_a_snapshot(template, flight):
     assert r.extra['final_version'] >= r.extra['ground_version'] - 1
 
 
+@pytest.fixture(scope='module')
+def second_flight():
+    return CachedSource(SyntheticSource(1001, 36.0))
+
+
+@pytest.mark.parametrize('policy', ['round_robin', 'phi_weighted'])
+def test_a_fleet_shares_one_ground_and_each_drone_gets_only_its_patches(
+        template, flight, second_flight, policy):
+    # Two drones each sending a batch every 5 s to a ground whose phase takes 4 s: the one
+    # training device is the bottleneck, so drones wait for each other.
+    contexts = [context(template, f, t_update=5.0, phase_time_s=4.0)
+                for f in (flight, second_flight)]
+    results = Ams('ams[fleet]', policy=policy).run_fleet(contexts)
+    assert [r.flight for r in results] == ['synthetic-1000', 'synthetic-1001']
+    phases = sorted((p['start'], p['end'], r.flight) for r in results for p in r.extra['phases'])
+    # One phase at a time: the drones share one training device.
+    assert all(b[0] >= a[1] for a, b in zip(phases, phases[1:], strict=False))
+    fleet = results[0].extra['fleet']
+    assert fleet['policy'] == policy and fleet['drones'] == ['synthetic-1000', 'synthetic-1001']
+    assert fleet['ground_busy_s'] == pytest.approx(4.0 * len(phases))
+    assert fleet['ground_busy_s'] > 0.6 * 36.0
+    for r in results:
+        own = r.extra['phases']
+        assert own, f'{r.flight} was never trained'
+        # Every patch this drone received was trained for it: its bytes are its phases'.
+        assert r.extra['downlink_by_kind']['patch'] == sum(p['patch_bytes'] for p in own)
+        assert [p['version'] for p in own] == list(range(2, 2 + len(own)))
+        assert r.extra['final_version'] >= r.extra['ground_version'] - 1
+        assert sum(p['frames'] for p in own) <= r.extra['frames_sent']
+        assert all(p['waited_s'] >= 0 for p in own)
+    assert max(p['waited_s'] for r in results for p in r.extra['phases']) > 0
+    if policy == 'round_robin':
+        counts = [len(r.extra['phases']) for r in results]
+        assert abs(counts[0] - counts[1]) <= 1
+
+
 def test_ams_eval_writes_results_and_table(tmp_path, capsys):
     out = tmp_path / 'out'
     assert ams_main(['eval', '--student', 'fresh', '--size', '32x64', '--duration', '12',
@@ -242,6 +278,27 @@ def test_ams_eval_writes_results_and_table(tmp_path, capsys):
     assert data['meta']['student']['kind'] == 'fresh-bn-calibrated'
     assert data['results'][1]['downlink_bytes'] > 0
     assert 'no_customization' in (out / 'table.txt').read_text()
+
+
+def test_ams_eval_flies_a_fleet_on_one_ground(tmp_path):
+    out = tmp_path / 'out'
+    assert ams_main(['eval', '--student', 'fresh', '--size', '32x64', '--duration', '12',
+                     '--seeds', '1000', '1001', '--schemes', 'ams', '--ablation', 'fleet',
+                     '--policies', 'phi_weighted', '--iterations', '1', '--batch-size', '2',
+                     '--t-update', '5', '--phase-time', '3', '--out', str(out),
+                     '--no-progress']) == 0
+    results = json.loads((out / 'results.json').read_text())['results']
+    assert [(r['name'], r['flight']) for r in results] == [
+        ('ams', 'synthetic-1000'), ('ams', 'synthetic-1001'),
+        ('ams[fleet,phi_weighted]', 'synthetic-1000'),
+        ('ams[fleet,phi_weighted]', 'synthetic-1001')]
+    fleet = results[2]['extra']['fleet']
+    assert fleet == results[3]['extra']['fleet'] and fleet['policy'] == 'phi_weighted'
+    # Alone, each drone had a ground to itself; in the fleet they share one.
+    alone = sum(len(r['extra']['phases']) for r in results[:2])
+    shared = sum(len(r['extra']['phases']) for r in results[2:])
+    assert 0 < shared <= alone
+    assert 'Fleets: several drones on one ground' in (out / 'tables.txt').read_text()
 
 
 def test_ablations_add_the_variants_of_figure_4():

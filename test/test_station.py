@@ -98,6 +98,24 @@ def test_bad_batches_are_refused_and_counted(template):  # noqa: F811
     assert station.counts['errors'] == 3 and downlink.take('patch') == []
 
 
+def test_diagnostics_have_one_entry_for_the_station_and_one_per_drone(template):  # noqa: F811
+    station, _ = make_station(template, max_seq_gap=10)
+    preparing = station.diagnostics('ams_ground', 'pretraining the student', {'shard': '0/1'},
+                                    {'batches_dropped': 2})
+    assert [e[:3] for e in preparing] == [('ams_ground', 'warn', 'pretraining the student')]
+    assert preparing[0][4]['student'] == 'pretraining the student'
+    rng = np.random.default_rng(2)
+    deliver(station, 'a', BATCH, frame_batch('a', 1, [0.0], rng), 0.0)
+    deliver(station, 'a', BATCH, frame_batch('a', 1, [1.0], rng), 1.0)  # seq again: an error
+    node, drone = station.diagnostics('ams_ground', '', {'shard': '0/1'},
+                                      {'batches_dropped': 2})
+    assert node[1] == 'warn' and node[2].endswith(f'last error: {station.last_error}')
+    assert node[4]['drones'] == 1 and node[4]['shard'] == '0/1'
+    assert node[4]['batches_dropped'] == 2 and node[4]['seq.duplicate'] == 1
+    assert drone[0] == 'ams_ground: a' and drone[3] == 'a'
+    assert drone[4]['errors.seq.duplicate'] == 1 and drone[4]['batches'] == 1
+
+
 def test_a_drone_without_the_model_gets_a_snapshot_within_its_budget(template):  # noqa: F811
     station, downlink = make_station(template, snapshot_burst=1.0, snapshot_backoff_min_s=10.0,
                                      snapshot_kbps=1e6)

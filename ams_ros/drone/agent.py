@@ -160,18 +160,20 @@ class DroneAgent:
         runtime = self.runtime
         return None if runtime is None else runtime.infer(frame_rgb, resize_to_input)
 
-    def set_sampling(self, rate: float, update_period: float) -> None:
+    def set_sampling(self, rate: float, update_period: float) -> bool:
         """Sample at `rate` frames/s in batches of `update_period` s, as the ground says.
 
-        ValueError (and the settings in force are kept) unless both lie within the config's
-        bounds.
+        Return whether that changed anything. ValueError (and the settings in force are kept)
+        unless both lie within the config's bounds.
         """
         config = self.config
         _check_within('sampling_rate', rate, config.sampling_rate_min, config.sampling_rate_max)
         _check_within('update_period', update_period, config.update_period_min,
                       config.update_period_max)
+        changed = (rate, update_period) != (self.sampler.rate, self.sampler.update_period)
         self.sampler.set_rate(rate)
         self.sampler.set_update_period(update_period)
+        return changed
 
     def sample(self, stamp: float, frame_rgb: np.ndarray) -> UplinkBatch | None:
         """Offer a frame to the sampler; return an encoded batch once T_update is buffered.

@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
+from ams_ros.counters import Counters
 from ams_ros.drone.edge_runtime import RuntimeStatus
 from ams_ros.drone.model_updates import ModelUpdates
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """One report period of the drone: its EdgeStatus fields and its /diagnostics entry."""
+
+    edge_status: dict  # every EdgeStatus field but stamp and signature
+    level: str  # 'ok', 'warn' or 'error'
+    message: str
+    values: dict
+
+
+def status_report(updates: ModelUpdates, counters: Counters) -> StatusReport:
+    """Close the counters' report period and describe the drone over it."""
+    counts, period, elapsed = counters.take_period()
+    fps = period.get('frames_inferred', 0) / elapsed
+    runtime = updates.agent.runtime
+    status = runtime.status() if runtime is not None else None
+    last_error = counters.last_error
+    level, message = drone_health(period, status, updates.unconfirmed_version, last_error)
+    return StatusReport(edge_status_fields(updates, status, counts, fps, last_error), level,
+                        message, diagnostic_values(updates, status, counts, fps, last_error))
 
 
 def drone_health(period: Mapping[str, int], status: RuntimeStatus | None,

@@ -6,8 +6,9 @@ dicts) over one or more flights and writes into `out_dir`:
 - ``tables.md`` and ``tables.txt``: Table 1's shape (per flight: mIoU (%) and Up/Down BW
   (kbps) for each scheme, then the average over flights), Table 2's (mIoU per flight and
   scheme), a detail table (pooled and per-frame mIoU, kbps, updates), the ablation variants,
-  and Table 3 (strategy x fraction: mIoU difference to full-model training, in points) when
-  the selection ablation is present;
+  Table 3 (strategy x fraction: mIoU difference to full-model training, in points) when
+  the selection ablation is present, and each fleet drone's phases and waits when the fleet
+  ablation is;
 - ``miou_time_<flight>.png``: per-frame mIoU over time per scheme (raw and a moving average),
   with the instants each scheme's drone got an update as ticks underneath;
 - ``bandwidth_<flight>.png``: uplink and downlink kbps over time (moving average, log scale);
@@ -289,6 +290,21 @@ def gain_data(results: Sequence[SchemeResult]) -> dict | None:
 
 # -- text tables ------------------------------------------------------------------------------
 
+def fleet_rows(results: Sequence[SchemeResult]) -> list[list[str]]:
+    """Rows of the fleet table: each drone of each fleet run, with its scheduling figures."""
+    rows = []
+    for r in results:
+        fleet = r.extra.get('fleet')
+        if not fleet:
+            continue
+        waits = [p['waited_s'] for p in r.extra.get('phases', [])]
+        rows.append([r.name, r.flight, _pct(r.miou), str(len(waits)),
+                     f'{np.mean(waits):.1f}' if waits else '',
+                     f'{max(waits):.1f}' if waits else '', f'{r.downlink_kbps:.1f}',
+                     f'{100 * fleet["ground_busy_s"] / r.duration_s:.0f}'])
+    return rows
+
+
 def _pct(value) -> str:
     value = _nan(value)
     return 'n/a' if math.isnan(value) else f'{100 * value:.2f}'
@@ -389,6 +405,14 @@ def build_tables(results: Sequence[SchemeResult], metadata: dict | None = None) 
             + ' by selection strategy and fraction',
             'header': ['Strategy'] + [f'{100 * float(f):g}%' for f in t3['fractions']],
             'rows': rows, 'note': 'Mean over flights; BW: mean downlink at that fraction.'})
+    fleet = fleet_rows(results)
+    if fleet:
+        tables.append({
+            'title': 'Fleets: several drones on one ground',
+            'header': ['Variant', 'Flight', 'mIoU %', 'phases', 'mean wait s', 'max wait s',
+                       'down kbps', 'ground busy %'], 'rows': fleet, 'left': 2,
+            'note': "wait: from a batch's arrival to the start of the phase that trains it; "
+                    "ground busy: the share of the flight the one training device was busy."})
     f4 = fig4_data(results, metadata)
     if f4 is not None:
         rows = [[p['flight'], display_name(p['scheme']), f'{p["parameter"]}={p["value"]:g}',

@@ -60,6 +60,7 @@ from ams_ros.evaluation.sources import (
     VideoFileSource,
 )
 from ams_ros.ground.drone_session import GroundConfig
+from ams_ros.ground.phase_scheduler import POLICIES
 from ams_ros.ground.rate_control import AsrConfig, AtrConfig
 from ams_ros.ground.selection import (
     FIRST_LAST,
@@ -74,7 +75,8 @@ from ams_ros.ground.trainer import TrainerConfig
 from ams_ros.wire.frame_codec import CodecSettings
 from ams_ros.wire.patch_codec import DEFAULT_FORMAT, PAPER_FORMAT
 
-ABLATIONS = ('selection', 't_update', 'jit_threshold', 'asr', 'patch_codec', 'uplink_codec')
+ABLATIONS = ('selection', 't_update', 'jit_threshold', 'asr', 'patch_codec', 'uplink_codec',
+             'fleet')
 TABLE3_STRATEGIES = (LAST_LAYERS, FIRST_LAYERS, FIRST_LAST, RANDOM, GRADIENT_GUIDED,
                      GRADIENT_MAGNITUDE)
 TABLE3_FRACTIONS = (0.2, 0.1, 0.05, 0.01)
@@ -106,13 +108,17 @@ PROFILES = {
 
 @dataclass(frozen=True)
 class Variant:
-    """One scheme run on every flight: a scheme and the changes to the base context."""
+    """One scheme run on every flight: a scheme and the changes to the base context.
+
+    A fleet variant flies every flight at once, each drone served by one ground.
+    """
 
     scheme: object
     label: str
     ablation: dict
     ground: GroundConfig | None = None
     drone: DroneConfig | None = None
+    fleet: bool = False
 
 
 # -- the student ------------------------------------------------------------------------------
@@ -249,6 +255,11 @@ def make_variants(args, ground: GroundConfig, drone: DroneConfig) -> list[Varian
                 variants.append(Variant(Ams(name), name, {'kind': 'uplink_codec', 'codec': codec},
                                         drone=replace(drone, uplink=replace(drone.uplink,
                                                                             codec=codec))))
+        elif ablation == 'fleet':
+            for policy in args.policies:
+                name = f'ams[fleet,{policy}]'
+                variants.append(Variant(Ams(name, policy=policy), name,
+                                        {'kind': 'fleet', 'policy': policy}, fleet=True))
         else:
             raise ValueError(f'unknown ablation {ablation!r}; expected one of {ABLATIONS}')
     return variants
@@ -299,6 +310,27 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
     started = time.perf_counter()
     with tqdm(total=round(total), unit='sim-s', disable=args.no_progress, file=sys.stderr,
               dynamic_ncols=True) as bar:
+
+        def context(source, teacher, variant: Variant) -> EvalContext:
+            return EvalContext(
+                source=source, teacher=teacher, template=template, fps=args.fps,
+                eval_stride=max(1, round(args.fps / args.eval_fps)), frame_size=frame_size,
+                link=link, ground=variant.ground or ground, drone=variant.drone or drone,
+                phase_time_s=phase_time, one_time_s=args.one_time, seed=args.seed,
+                progress=_Progress(bar, source.duration_s))
+
+        def record(variant: Variant, run_results: list[SchemeResult], wall: float) -> None:
+            for result in run_results:
+                result.extra['ablation'] = variant.ablation
+                result.extra['wall_s'] = wall
+                results.append(result)
+                timings.append({'flight': result.flight, 'scheme': result.name,
+                                'wall_s': wall})
+                log(f'{result.flight:>16} {result.name:<24} mIoU {_pct(result.miou):>6} '
+                    f'up {result.uplink_kbps:7.1f} kbps  down {result.downlink_kbps:7.1f} '
+                    f'kbps  ({wall:.0f} s)')
+
+        fleets = {variant.label: [] for variant in variants if variant.fleet}
         for source in sources:
             teacher = shared_teacher or source.default_teacher()
             if teacher is None:
@@ -307,32 +339,23 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
             if shared_teacher is None and isinstance(source, SyntheticSource):
                 teacher = CachedLabelTeacher(cached, teacher)  # the flight's labels are exact
             for variant in variants:
-                done = [0.0]
-
-                def progress(elapsed, duration, done=done):
-                    step = max(0.0, elapsed - done[0])
-                    done[0] = max(done[0], elapsed)
-                    bar.update(step)
-
+                ctx = context(cached, teacher, variant)
+                if variant.fleet:
+                    fleets[variant.label].append(ctx)  # flown with the others, below
+                    continue
                 bar.set_description(f'{source.name} {variant.label}')
-                ctx = EvalContext(
-                    source=cached, teacher=teacher, template=template, fps=args.fps,
-                    eval_stride=max(1, round(args.fps / args.eval_fps)),
-                    frame_size=frame_size,
-                    link=link, ground=variant.ground or ground, drone=variant.drone or drone,
-                    phase_time_s=phase_time, one_time_s=args.one_time, seed=args.seed,
-                    progress=progress)
                 t0 = time.perf_counter()
                 result = variant.scheme.run(ctx)
-                result.extra['ablation'] = variant.ablation
-                result.extra['wall_s'] = time.perf_counter() - t0
-                bar.update(max(0.0, source.duration_s - done[0]))
-                results.append(result)
-                timings.append({'flight': source.name, 'scheme': result.name,
-                                'wall_s': result.extra['wall_s']})
-                log(f'{source.name:>16} {result.name:<24} mIoU {_pct(result.miou):>6} '
-                    f'up {result.uplink_kbps:7.1f} kbps  down {result.downlink_kbps:7.1f} kbps'
-                    f'  ({result.extra["wall_s"]:.0f} s)')
+                ctx.progress.finish()
+                record(variant, [result], time.perf_counter() - t0)
+        for variant in variants:
+            if variant.fleet:
+                bar.set_description(f'fleet {variant.label}')
+                t0 = time.perf_counter()
+                fleet_results = variant.scheme.run_fleet(fleets[variant.label])
+                for ctx in fleets[variant.label]:
+                    ctx.progress.finish()
+                record(variant, fleet_results, time.perf_counter() - t0)
     meta = {
         'profile': args.profile, 'command': sys.argv, 'student': student,
         'input_size': [spec.height, spec.width], 'frame_size': list(frame_size),
@@ -347,6 +370,20 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
         'host': platform.node(), 'python': platform.python_version(),
     }
     return results, meta
+
+
+class _Progress:
+    """Advance the bar by the simulated seconds a run reports, and by the rest when it ends."""
+
+    def __init__(self, bar, duration_s: float):
+        self.bar, self.duration_s, self.done = bar, duration_s, 0.0
+
+    def __call__(self, elapsed: float, duration: float) -> None:
+        self.bar.update(max(0.0, elapsed - self.done))
+        self.done = max(self.done, elapsed)
+
+    def finish(self) -> None:
+        self(self.duration_s, self.duration_s)
 
 
 def _plain(obj) -> dict:
@@ -434,13 +471,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     run.add_argument('--schemes', nargs='+', default=list(DEFAULT_SCHEMES),
                      help=f'schemes to run (default: {" ".join(DEFAULT_SCHEMES)})')
     run.add_argument('--ablation', action='append', default=[], choices=ABLATIONS,
-                     help='add AMS variants (repeatable)')
+                     help='add AMS variants (repeatable); fleet flies every flight at once, '
+                          'one drone each on one ground, once per --policies')
     run.add_argument('--strategies', nargs='+', default=list(TABLE3_STRATEGIES),
                      help='selection ablation strategies')
     run.add_argument('--fractions', type=float, nargs='+', default=list(TABLE3_FRACTIONS),
                      help='selection ablation fractions')
     run.add_argument('--t-updates', type=float, nargs='+', default=list(FIG4_T_UPDATE),
                      help='t_update ablation periods, s')
+    run.add_argument('--policies', nargs='+', default=list(POLICIES), choices=POLICIES,
+                     help='ground schedulers of the fleet ablation (default: all)')
     run.add_argument('--jit-thresholds', type=float, nargs='+',
                      default=list(FIG4_JIT_THRESHOLDS),
                      help='jit_threshold ablation: Just-In-Time accuracy thresholds')

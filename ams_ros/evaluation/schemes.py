@@ -40,9 +40,10 @@ allows, after the phase in progress.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,36 +122,43 @@ class Outbox:
     """A GroundStation's downlink in the harness: its messages leave when the ground's work ends.
 
     The ground's work takes simulated time (a phase), so what the station sends during it is
-    held, then put on the link at the instant the work is done.
+    held, then put on the addressed drone's link at the instant the work is done.
     """
 
     def __init__(self):
-        self.messages: list[tuple[object, int, str]] = []
+        self.messages: list[tuple[str, object, int, str]] = []
 
     def patch(self, client_id: str, payload: PatchPayload) -> None:
-        self.messages.append((payload, payload.nbytes, 'patch'))
+        self.messages.append((client_id, payload, payload.nbytes, 'patch'))
 
     def snapshot(self, client_id: str, payload: SnapshotPayload) -> None:
-        self.messages.append((payload, payload.nbytes, 'snapshot'))
+        self.messages.append((client_id, payload, payload.nbytes, 'snapshot'))
 
     def sampling(self, client_id: str, rate: float, period: float) -> None:
-        self.messages.append((RateDecision(rate, period), CONTROL_NBYTES, 'control'))
+        self.messages.append((client_id, RateDecision(rate, period), CONTROL_NBYTES, 'control'))
 
-    def send(self, link: Link, at: float) -> Counter:
-        """Put the held messages on the downlink at `at`; return how many of each kind."""
-        kinds = Counter(kind for _, _, kind in self.messages)
-        for message, nbytes, kind in self.messages:
-            link.downlink.send(at, message, nbytes, kind)
-        self.messages.clear()
-        return kinds
+    def take(self) -> list[tuple[str, object, int, str]]:
+        """Return the held (client id, message, bytes, kind) and forget them."""
+        messages, self.messages = self.messages, []
+        return messages
 
 
-def one_drone_station(ctx: EvalContext, client_id: str, outbox: Outbox) -> GroundStation:
-    """Return a GroundStation (the ground node's engine) serving one drone through `outbox`."""
-    scheduler = PhaseScheduler(ctx.template, lambda _client_id: ctx.teacher, ctx.ground,
+def fleet_station(contexts: list[EvalContext], outbox: Outbox, policy: str) -> GroundStation:
+    """Return a GroundStation (the ground node's engine) serving one drone per flight.
+
+    The flights share the first context's student and ground settings; each drone is labelled
+    by its own flight's teacher and bound to its own namespace, as the node binds them.
+    """
+    ctx = contexts[0]
+    teachers = {c.source.name: c.teacher for c in contexts}
+    if len(teachers) != len(contexts):
+        raise ValueError('the flights of one ground need distinct names')
+    scheduler = PhaseScheduler(ctx.template, teachers.__getitem__, ctx.ground, policy=policy,
                                seed=ctx.seed)
-    registry = ClientRegistry(max_clients=1, idle_timeout_s=1e9)  # the harness never expires
-    registry.bind(f'/{client_id}', client_id)
+    # The harness never expires a drone: its flights are silent only between batches.
+    registry = ClientRegistry(max_clients=len(contexts), idle_timeout_s=1e9)
+    for client_id in teachers:
+        registry.bind(f'/{client_id}', client_id)
     return GroundStation(scheduler, registry, outbox)
 
 
@@ -270,106 +278,77 @@ class OneTime:
 
 
 class Ams:
-    """Adaptive Model Streaming: the drone and ground engines over the simulated link."""
+    """Adaptive Model Streaming: the drone and ground engines over the simulated link.
+
+    `run` flies one drone; `run_fleet` flies one drone per context, all served by one ground
+    whose scheduler (`policy`, paper Appendix E) shares the training device among them.
+    """
 
     name = 'ams'
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None, policy: str = 'round_robin'):
         if name:
             self.name = name
+        self.policy = policy
 
     def run(self, ctx: EvalContext) -> SchemeResult:
-        return _AmsRun(ctx, self.name).run()
+        return _AmsRun([ctx], self.name, self.policy).run()[0]
+
+    def run_fleet(self, contexts: list[EvalContext]) -> list[SchemeResult]:
+        """Fly every context's drone at once; each result's extra['fleet'] describes the run."""
+        run = _AmsRun(contexts, self.name, self.policy)
+        results = run.run()
+        fleet = {'policy': self.policy, 'drones': [c.source.name for c in contexts],
+                 'ground_busy_s': run.ground_busy_s}
+        for result in results:
+            result.extra['fleet'] = fleet
+        return results
 
 
-class _AmsRun:
-    def __init__(self, ctx: EvalContext, name: str):
+class _Flight:
+    """One drone of an AMS run: its camera, link, model updates and score."""
+
+    def __init__(self, ctx: EvalContext, name: str, station: GroundStation, index: int):
         self.ctx = ctx
         self.name = name
-        client_id = ctx.source.name
-        self.outbox = Outbox()
-        self.station = one_drone_station(ctx, client_id, self.outbox)
-        self.ground = self.station.scheduler.add(client_id)
+        self.client_id = ctx.source.name
+        self.ground = station.scheduler.add(self.client_id)
         # The ground's controllers are authoritative: the drone starts where they start.
-        self.rate = ctx.ground.asr.initial_rate
-        self.period = self.ground.atr.update_period
-        self.drone = new_drone(ctx, client_id=client_id, sampling_rate=self.rate,
-                               update_period=self.period)
+        rate = ctx.ground.asr.initial_rate
+        period = self.ground.atr.update_period
+        self.drone = new_drone(ctx, client_id=self.client_id, sampling_rate=rate,
+                               update_period=period)
         self.model_updates = ModelUpdates(self.drone)
-        self.link = Link(ctx.link, seed=ctx.seed)
+        self.link = Link(ctx.link, seed=ctx.seed + index)
         self.scorer = FrameScorer(ctx)
-        self.ground_free = -math.inf
         self.updates: list[float] = []
-        self.sampling = [(ctx.source.start_s, self.rate)]
-        self.periods = [(ctx.source.start_s, self.period)]
+        self.sampling = [(ctx.source.start_s, rate)]
+        self.periods = [(ctx.source.start_s, period)]
         self.phases: list[dict] = []
         self.counts = Counter(batches_sent=0, frames_sent=0, snapshots_sent=0)
         self.frames_received = 0
+        self.pending_since: float | None = None  # arrival of its oldest untrained batch
 
-    def run(self) -> SchemeResult:
-        ctx = self.ctx
-        self._ground(ctx.source.start_s, DroneEvent(CONTACT, ctx.source.name))
-        try:
-            for _, stamp, frame, label, evaluated in ctx.frames():
-                self._ground_until(stamp)
-                self._drone_receive(stamp)
-                send_snapshot_request(self.model_updates, self.link, stamp)
-                if evaluated:
-                    evaluate_frame(self.scorer, self.drone, stamp, frame, label)
-                self.frames_received += 1
-                batch = self.drone.sample(stamp, frame)
-                if batch is not None:
-                    self._send_status(stamp)  # what it runs as it sends: before the batch
-                    self.link.uplink.send(stamp, batch, uplink_nbytes(batch), 'frames')
-                    self.counts['batches_sent'] += 1
-                    self.counts['frames_sent'] += len(batch.stamps)
-                ctx.report(stamp)
-        finally:
-            self.drone.close()
-        return self._result()
+    def camera_frame(self, stamp: float, frame: np.ndarray, label: np.ndarray | None,
+                     evaluated: bool) -> None:
+        """Serve one camera frame (score its mask) and send the batch it may complete."""
+        self.receive(stamp)
+        send_snapshot_request(self.model_updates, self.link, stamp)
+        if evaluated:
+            evaluate_frame(self.scorer, self.drone, stamp, frame, label)
+        self.frames_received += 1
+        batch = self.drone.sample(stamp, frame)
+        if batch is not None:
+            self.send_status(stamp)  # what it runs as it sends: before the batch
+            self.link.uplink.send(stamp, batch, uplink_nbytes(batch), 'frames')
+            self.counts['batches_sent'] += 1
+            self.counts['frames_sent'] += len(batch.stamps)
+        self.ctx.report(stamp)
 
-    # -- ground ------------------------------------------------------------------------------
-
-    def _ground_until(self, now: float) -> None:
-        for arrived, message in self.link.uplink.receive(now):
-            if isinstance(message, SnapshotRequest):
-                event = DroneEvent(SNAPSHOT, message.client_id, message.reason)
-            elif isinstance(message, DroneReport):
-                event = DroneEvent(STATUS, message.client_id, message)
-            else:
-                event = DroneEvent(BATCH, message.client_id, message)
-            self._ground(max(arrived, self.ground_free), event)
-        if now >= self.ground_free:  # as the node's worker does every round, when idle
-            self.station.send_owed_snapshots(now)
-            self.counts['snapshots_sent'] += self.outbox.send(self.link, now)['snapshot']
-
-    def _ground(self, start: float, event: DroneEvent) -> None:
-        """Let the station handle one event from `start` on; a batch is followed by a phase."""
-        station = self.station
-        started = time.perf_counter()
-        phase = None
-        if station.admit(f'/{event.client_id}', event.client_id, start):
-            station.handle(event, start)
-            if event.kind == BATCH:
-                phase = station.train_next(start)
-        wall = time.perf_counter() - started
-        done = start + phase_seconds(self.ctx, wall) if phase is not None else start
-        self.ground_free = done
-        self.counts['snapshots_sent'] += self.outbox.send(self.link, done)['snapshot']
-        if phase is not None:
-            output = phase[1]
-            self.phases.append({
-                'start': start, 'end': done, 'wall_s': wall, 'frames': len(event.data.stamps),
-                'loss': output.result.mean_loss, 'version': output.patch.version,
-                'patch_bytes': output.patch.nbytes, 'phi': self.ground.phi})
-
-    # -- drone -------------------------------------------------------------------------------
-
-    def _drone_receive(self, now: float) -> None:
-        drone = self.drone
+    def receive(self, now: float) -> None:
         for delivered, message in self.link.downlink.receive(now):
             if isinstance(message, RateDecision):
-                drone.set_sampling(message.sampling_rate, message.update_period)
+                self.drone.set_sampling(message.sampling_rate, message.update_period)
                 if message.sampling_rate != self.sampling[-1][1]:
                     self.sampling.append((delivered, message.sampling_rate))
                 if message.update_period != self.periods[-1][1]:
@@ -378,18 +357,130 @@ class _AmsRun:
             if deliver_update(self.model_updates, self.link, self.counts, delivered, message):
                 self.updates.append(delivered)
                 if isinstance(message, SnapshotPayload):
-                    self._send_status(delivered)  # the ground learns the snapshot landed
+                    self.send_status(delivered)  # the ground learns the snapshot landed
 
-    def _send_status(self, now: float) -> None:
+    def send_status(self, now: float) -> None:
         """Report what the drone runs: with every batch, and when a snapshot has landed."""
         status = drone_status(self.drone, self.frames_received, self.ctx.fps)
         self.link.uplink.send(now, status, STATUS_NBYTES + len(status.active_digest), 'status')
 
-    def _result(self) -> SchemeResult:
+    def result(self, station: GroundStation) -> SchemeResult:
         extra = dict(self.counts, snapshot_requests=self.model_updates.requester.sent,
-                     ground_counts=dict(self.station.counts))
+                     ground_counts=dict(station.counts))
         extra.update(phases=self.phases, update_periods=[list(p) for p in self.periods])
         return linked_result(self, extra)
+
+
+class _AmsRun:
+    """Flights interleaved by camera stamp, served by one ground in rounds.
+
+    As the node's worker serves them: a round starts when the ground is free and a message has
+    arrived or a drone waits for training; it handles every message arrived by then, sends the
+    snapshots owed and trains one phase, of the drone the scheduler picks. What the round sent
+    leaves when it ends.
+    """
+
+    def __init__(self, contexts: list[EvalContext], name: str, policy: str):
+        self.ctx = contexts[0]
+        self.outbox = Outbox()
+        self.station = fleet_station(contexts, self.outbox, policy)
+        self.flights = {f.client_id: f for f in (
+            _Flight(ctx, name, self.station, index) for index, ctx in enumerate(contexts))}
+        self.arrived: deque[tuple[float, DroneEvent]] = deque()  # not yet handled
+        self.ground_free = -math.inf
+        self.ground_busy_s = 0.0
+
+    def run(self) -> list[SchemeResult]:
+        flights = list(self.flights.values())
+        for flight in flights:
+            start = flight.ctx.source.start_s
+            self._round(start, [(start, DroneEvent(CONTACT, flight.client_id))])
+        cameras = [_camera(order, flight.ctx) for order, flight in enumerate(flights)]
+        try:
+            for stamp, order, frame, label, evaluated in heapq.merge(
+                    *cameras, key=lambda item: item[:2]):
+                self._ground_until(stamp)
+                flights[order].camera_frame(stamp, frame, label, evaluated)
+        finally:
+            for flight in flights:
+                flight.drone.close()
+        return [flight.result(self.station) for flight in flights]
+
+    def _ground_until(self, now: float) -> None:
+        """Run the ground's rounds that start by `now`."""
+        arrivals = sorted(((arrived, order, message)
+                           for order, flight in enumerate(self.flights.values())
+                           for arrived, message in flight.link.uplink.receive(now)),
+                          key=lambda item: item[:2])
+        self.arrived.extend((arrived, _event(message)) for arrived, _, message in arrivals)
+        while (start := self._next_round()) is not None and start <= now:
+            events = []
+            while self.arrived and self.arrived[0][0] <= start:
+                events.append(self.arrived.popleft())
+            self._round(start, events)
+        if now >= self.ground_free:  # the idle worker's rounds: owed snapshots, when allowed
+            self.station.send_owed_snapshots(now)
+            self._send(now)
+
+    def _next_round(self) -> float | None:
+        if self.station.has_training():
+            return self.ground_free
+        if self.arrived:
+            return max(self.ground_free, self.arrived[0][0])
+        return None
+
+    def _round(self, start: float, events: list[tuple[float, DroneEvent]]) -> None:
+        station = self.station
+        started = time.perf_counter()
+        for arrived, event in events:
+            if not station.admit(f'/{event.client_id}', event.client_id, start):
+                continue
+            station.handle(event, start)
+            flight = self.flights[event.client_id]
+            if (event.kind == BATCH and flight.pending_since is None
+                    and station.scheduler.session(event.client_id).pending_frames):
+                flight.pending_since = arrived
+        station.send_owed_snapshots(start)
+        pending = {c: station.scheduler.session(c).pending_frames
+                   for c in station.scheduler.client_ids}
+        phase = station.train_next(start)
+        wall = time.perf_counter() - started
+        done = start + phase_seconds(self.ctx, wall) if phase is not None else start
+        self.ground_free = done
+        self._send(done)
+        if phase is not None:
+            client_id, output = phase
+            flight = self.flights[client_id]
+            self.ground_busy_s += done - start
+            flight.phases.append({
+                'start': start, 'end': done, 'wall_s': wall, 'frames': pending[client_id],
+                'waited_s': start - flight.pending_since, 'loss': output.result.mean_loss,
+                'version': output.patch.version, 'patch_bytes': output.patch.nbytes,
+                'phi': flight.ground.phi})
+            flight.pending_since = None
+
+    def _send(self, at: float) -> None:
+        """Put what the station sent on each addressed drone's downlink at `at`."""
+        for client_id, message, nbytes, kind in self.outbox.take():
+            flight = self.flights[client_id]
+            flight.link.downlink.send(at, message, nbytes, kind)
+            if kind == 'snapshot':
+                flight.counts['snapshots_sent'] += 1
+
+
+def _event(message) -> DroneEvent:
+    """Return the ground's event for an uplink message."""
+    if isinstance(message, SnapshotRequest):
+        return DroneEvent(SNAPSHOT, message.client_id, message.reason)
+    if isinstance(message, DroneReport):
+        return DroneEvent(STATUS, message.client_id, message)
+    return DroneEvent(BATCH, message.client_id, message)
+
+
+def _camera(order: int, ctx: EvalContext):
+    """Yield a flight's camera frames as (stamp, order, frame, label, evaluated)."""
+    for _, stamp, frame, label, evaluated in ctx.frames():
+        yield stamp, order, frame, label, evaluated
 
 
 def linked_result(run, extra: dict) -> SchemeResult:

@@ -382,6 +382,31 @@ class GroundStation:
         self.last_error = f'{client_id}: {text}' if client_id else text
         self.log('warning', self.last_error, 2.0)
 
+    def diagnostics(self, name: str, preparing: str, node_values: dict,
+                    extra_counts: dict) -> list[tuple[str, str, str, str, dict]]:
+        """Return the /diagnostics entries as (name, level, message, hardware id, values).
+
+        First the station's own (warn while `preparing` says what keeps it from serving, or
+        after errors), then one per drone; `node_values` and `extra_counts` are the node's.
+        """
+        counts = dict(self.counts, **extra_counts)
+        clients = sorted(self.links)
+        level = 'warn' if counts.get('errors') or preparing else 'ok'
+        message = preparing or f'{len(clients)} drones'
+        if self.last_error:
+            message += f'; last error: {self.last_error}'
+        entries = [(name, level, message, name, {
+            'drones': len(clients), **node_values, 'worker': self.busy or 'idle',
+            'student': preparing or 'ready', **dict(sorted(counts.items())),
+            'last_error': self.last_error})]
+        for client_id in clients:
+            try:
+                level, message, values = self.drone_values(client_id)
+            except KeyError:
+                continue  # dropped meanwhile
+            entries.append((f'{name}: {client_id}', level, message, client_id, values))
+        return entries
+
     def drone_values(self, client_id: str) -> tuple[str, str, dict]:
         """Return (level, message, values) of one drone's diagnostics entry."""
         link, session = self.links[client_id], self.scheduler.session(client_id)

@@ -11,9 +11,8 @@ Topics (relative names, so each drone lives in its own namespace, e.g. ``/drone1
     out  ams/snapshot_request    ams_msgs/SnapshotRequest   when patches cannot be applied
     out  ams/status, /diagnostics  EdgeStatus, DiagnosticArray every status_period
 
-Threads. The camera callback only stores the newest frame; an inference worker takes it (a slow
-model skips frames, counted as dropped, instead of building a backlog) and an uplink worker
-samples and encodes, so an H.264 encode never delays a mask. Sampling uses header stamps (bag
+Threads: the camera callback only offers the frame to a FramePipeline (an inference worker on
+the newest frame, an uplink worker that samples and encodes). Sampling uses header stamps (bag
 replay, ``use_sim_time``); status and snapshot-request retries run on the steady clock. With
 ``auth_key_file`` set every message is signed on the way out and verified on the way in
 (link_auth) before anything else; messages for another client id are counted and ignored.
@@ -42,10 +41,11 @@ from ams_msgs.msg import (
 )
 from ams_ros.counters import Counters
 from ams_ros.drone.agent import DroneAgent
-from ams_ros.drone.latest_slot import LatestSlot
+from ams_ros.drone.camera_watch import CameraWatch
+from ams_ros.drone.frame_pipeline import FramePipeline
 from ams_ros.drone.model_updates import ModelUpdates
 from ams_ros.drone.snapshot_requester import SnapshotRequester
-from ams_ros.drone.status import diagnostic_values, drone_health, edge_status_fields
+from ams_ros.drone.status import status_report
 from ams_ros.ros import conversions as conv
 from ams_ros.ros.drone_parameters import (
     PARAMETERS,
@@ -80,10 +80,10 @@ class DroneNode(Node):
         self._signer, self._verifier = link_ends(p['auth_key_file'])
         self._mask_resolution = p['mask_resolution']
         self._max_image_pixels = p['max_image_pixels']
-        self._camera_size: tuple[int, int] | None = None  # (height, width) of the last frame
         self._publish_colour = p['publish_color_mask']
         self._colours = colour_table()
         self.counters = Counters()
+        self._camera = CameraWatch(self.counters)
         self._agent_lock = threading.Lock()  # the agent's sampler and config
         if p['model_path']:
             start_from_file(self.agent, p['model_path'], p['model_version'])
@@ -106,15 +106,8 @@ class DroneNode(Node):
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
-        self._closed = False
-        self._frames = LatestSlot()  # newest camera frame: no backlog
-        self._uplink = LatestSlot()  # newest inferred frame for the sampler
-        self._workers = [threading.Thread(target=self._inference_loop, name='ams-inference',
-                                          daemon=True),
-                         threading.Thread(target=self._uplink_loop, name='ams-uplink',
-                                          daemon=True)]
-        for worker in self._workers:
-            worker.start()
+        self._pipeline = FramePipeline(self._process, self._send_frames, self._worker_failed,
+                                       shutting_down=lambda: not self.context.ok())
         self.updates.ask_for_model()
         self._send_request()
         self.get_logger().info(
@@ -191,14 +184,12 @@ class DroneNode(Node):
             return
         if self._foreign(client_id):
             return
-        with self._agent_lock:
-            changed = (rate, period) != (self.agent.sampler.rate,
-                                         self.agent.sampler.update_period)
-            try:
-                self.agent.set_sampling(rate, period)
-            except ValueError as e:  # the last good settings stay
-                self._error(f'sampling control refused: {e}', 'bad_sampling.out-of-range')
-                return
+        try:
+            with self._agent_lock:
+                changed = self.agent.set_sampling(rate, period)
+        except ValueError as e:  # the last good settings stay
+            self._error(f'sampling control refused: {e}', 'bad_sampling.out-of-range')
+            return
         if changed:
             self.get_logger().info(f'sampling {rate:.3g} frames/s, T_update {period:.3g} s')
 
@@ -213,64 +204,46 @@ class DroneNode(Node):
 
     def _on_image(self, msg) -> None:
         self._count('frames_received')
-        if self._frames.put(msg):
+        if self._pipeline.offer(msg):
             self._count('frames_dropped_stale')
 
-    def _inference_loop(self) -> None:
-        while (msg := self._frames.take()) is not None:
-            try:
-                self._process(msg)
-            except Exception as e:  # noqa: BLE001 - one bad frame never stops the node
-                if self._closed or not self.context.ok():
-                    return  # shutting down: publishers are gone
-                self._error(f'frame failed: {type(e).__name__}: {e}', 'frame_errors')
+    def _worker_failed(self, worker: str, e: Exception) -> None:
+        self._error(f'{worker} failed: {type(e).__name__}: {e}', f'{worker}_errors')
 
-    def _process(self, msg) -> None:
+    def _process(self, msg) -> tuple | None:
+        """Infer one camera frame and publish its mask; return what the uplink samples."""
         try:
             rgb = image_to_rgb(msg, self._max_image_pixels)
         except ImageConversionError as e:
             self._error(f'camera image refused ({e})', f'bad_images.{e.reason}')
-            return
-        if rgb.shape[:2] != self._camera_size:
-            if self._camera_size is not None:
-                # Masks follow the new size; the uplink resizes frames to its own fixed size.
-                self._count('camera_size_changes')
-                self.get_logger().info(
-                    f'camera resolution changed: {self._camera_size[1]}x{self._camera_size[0]}'
-                    f' -> {rgb.shape[1]}x{rgb.shape[0]}', throttle_duration_sec=2.0)
-            self._camera_size = rgb.shape[:2]
-        stamp = conv.stamp_to_seconds(msg.header.stamp)
-        if stamp == 0.0:  # an unstamped camera: sample on receive time instead
-            self._count('unstamped_frames')
-            stamp = self.get_clock().now().nanoseconds * 1e-9
+            return None
+        if (change := self._camera.resolution(rgb.shape)) is not None:
+            self.get_logger().info(f'camera resolution changed: {change}',
+                                   throttle_duration_sec=2.0)
+        stamp = self._camera.sample_stamp(conv.stamp_to_seconds(msg.header.stamp),
+                                          lambda: self.get_clock().now().nanoseconds * 1e-9)
         mask = self.agent.infer(rgb, resize_to_input=self._mask_resolution == 'input')
         if mask is None:
             self._count('frames_without_model')
-            return
+            return None
         self.mask_pub.publish(array_to_image(mask, 'mono8', msg.header))
         if self._publish_colour:
             self.colour_pub.publish(array_to_image(self._colours[mask], 'rgb8', msg.header))
         self._count('frames_inferred')
-        self._uplink.put((stamp, rgb, msg.header.frame_id, msg.encoding))
+        return stamp, rgb, msg.header.frame_id, msg.encoding
 
-    def _uplink_loop(self) -> None:
-        while (item := self._uplink.take()) is not None:
-            stamp, rgb, frame_id, encoding = item
-            try:
-                with self._agent_lock:
-                    batch = self.agent.sample(stamp, rgb)
-                if batch is None:
-                    continue
-                self.frames_pub.publish(conv.batch_to_msg(batch, frame_id, encoding,
-                                                          signer=self._signer))
-            except Exception as e:  # noqa: BLE001 - an encoder failure skips one batch
-                if self._closed or not self.context.ok():
-                    return
-                self._error(f'uplink batch failed: {type(e).__name__}: {e}', 'uplink_errors')
-                continue
-            self._count('batches_sent')
-            self._count('frames_sampled', len(batch.stamps))
-            self._count('bytes_up', len(batch.data))
+    def _send_frames(self, item: tuple) -> None:
+        """Sample an inferred frame; publish the batch it completes."""
+        stamp, rgb, frame_id, encoding = item
+        with self._agent_lock:
+            batch = self.agent.sample(stamp, rgb)
+        if batch is None:
+            return
+        self.frames_pub.publish(conv.batch_to_msg(batch, frame_id, encoding,
+                                                  signer=self._signer))
+        self._count('batches_sent')
+        self._count('frames_sampled', len(batch.stamps))
+        self._count('bytes_up', len(batch.data))
 
     # -- status ----------------------------------------------------------------------------
 
@@ -286,27 +259,17 @@ class DroneNode(Node):
 
     @guarded
     def _report(self) -> None:
-        counts, period, elapsed = self.counters.take_period()
-        fps = period.get('frames_inferred', 0) / elapsed
-        last_error = self.counters.last_error
-        status = self.agent.runtime.status() if self.agent.runtime is not None else None
+        report = status_report(self.updates, self.counters)
         stamp = self.get_clock().now().to_msg()
-        self.status_pub.publish(conv.edge_status(stamp, signer=self._signer, **edge_status_fields(
-            self.updates, status, counts, fps, last_error)))
-        level, message = drone_health(period, status, self.updates.unconfirmed_version,
-                                      last_error)
-        values = diagnostic_values(self.updates, status, counts, fps, last_error)
-        self.diagnostics_pub.publish(conv.diagnostic_array(
-            [conv.diagnostic_status(f'{NODE_NAME}: {self.client_id}', level, message,
-                                    self.client_id, values)], stamp))
+        self.status_pub.publish(conv.edge_status(stamp, signer=self._signer,
+                                                 **report.edge_status))
+        self.diagnostics_pub.publish(conv.diagnostic_array([conv.diagnostic_status(
+            f'{NODE_NAME}: {self.client_id}', report.level, report.message, self.client_id,
+            report.values)], stamp))
 
     def close(self) -> None:
         """Stop the workers and the model runtime."""
-        self._closed = True
-        self._frames.close()
-        self._uplink.close()
-        for worker in self._workers:
-            worker.join(timeout=5.0)
+        self._pipeline.close()
         self.agent.close()
 
 

@@ -233,27 +233,13 @@ class GroundNode(Node):
 
     @guarded
     def _report(self) -> None:
-        station = self.station
-        counts = dict(station.counts, batches_dropped=self.events.batches_dropped)
-        clients = sorted(station.links)
-        level = 'warn' if counts.get('errors') or self._preparing else 'ok'
-        message = self._preparing or f'{len(clients)} drones, {len(self._endpoints)} namespaces'
-        statuses = [conv.diagnostic_status(
-            NODE_NAME, level, message + (f'; last error: {station.last_error}'
-                                         if station.last_error else ''), NODE_NAME,
-            {'drones': len(clients), 'namespaces': ','.join(sorted(self._endpoints)),
-             'queued_events': len(self.events), 'worker': station.busy or 'idle',
-             'student': self._preparing or 'ready', 'shard': self._shard,
-             **dict(sorted(counts.items())), 'last_error': station.last_error})]
-        for client_id in clients:
-            try:
-                level, message, values = station.drone_values(client_id)
-            except KeyError:
-                continue  # dropped meanwhile
-            statuses.append(conv.diagnostic_status(f'{NODE_NAME}: {client_id}', level, message,
-                                                   client_id, values))
-        self.diagnostics_pub.publish(conv.diagnostic_array(statuses,
-                                                           self.get_clock().now().to_msg()))
+        entries = self.station.diagnostics(
+            NODE_NAME, self._preparing,
+            {'namespaces': ','.join(sorted(self._endpoints)), 'queued_events': len(self.events),
+             'shard': self._shard}, {'batches_dropped': self.events.batches_dropped})
+        self.diagnostics_pub.publish(conv.diagnostic_array(
+            [conv.diagnostic_status(*entry) for entry in entries],
+            self.get_clock().now().to_msg()))
 
     def close(self) -> None:
         """Stop the worker (after the phase in progress, at most a few seconds)."""
