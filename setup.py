@@ -8,13 +8,15 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(include=['ams_ros', 'ams_ros.*']),
-    # The pretrained generic student (state_dict + metadata) and its drone ONNX export.
-    package_data={'ams_ros': ['data/*.pt', 'data/*.json', 'data/*.onnx']},
+    # The pretrained generic student (state_dict + metadata), its drone ONNX export, and a
+    # packaged teacher (ams_ros/data/teachers/README.md).
+    package_data={'ams_ros': ['data/*.pt', 'data/*.json', 'data/*.onnx', 'data/teachers/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
+        ('share/' + package_name + '/config/tasks', glob('config/tasks/*')),
     ],
     python_requires='>=3.10',
     install_requires=[
@@ -31,7 +33,7 @@ setup(
         'cpu': ['onnxruntime'],
         'gpu': ['onnxruntime-gpu'],
         # The ground station trains; the drone never needs torch.
-        'ground': ['torch>=2.1'],
+        'ground': ['torch>=2.1', 'ai-edge-litert'],
         # Offline evaluation (plots, progress) and rosbag2 files without a ROS install.
         'eval': ['matplotlib', 'tqdm'],
         'bag': ['rosbags'],

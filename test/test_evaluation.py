@@ -314,3 +314,50 @@ def test_ablations_add_the_variants_of_figure_4():
     jit = variants[3:]
     assert all(isinstance(v.scheme, JustInTime) for v in jit)
     assert [v.scheme.config.threshold for v in jit] == [0.5, 0.8]
+
+
+# -- a real task ------------------------------------------------------------------------------
+
+def person_clip(path, frames: int = 40, fps: float = 5.0, size=(96, 128)) -> str:
+    """Write an H.264 clip of a cartoon person drifting across a wall (made here, no download)."""
+    from test_teachers import head_and_shoulders
+
+    height, width = size
+    person = head_and_shoulders(height, width // 2)
+    with av.open(str(path), 'w') as container:
+        stream = container.add_stream('libx264', rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+        for i in range(frames):
+            image = np.full((height, width, 3), (90, 140, 200), np.uint8)
+            x = int(i * (width // 2) / max(frames - 1, 1))
+            image[:, x:x + width // 2] = person
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def test_ams_eval_runs_a_task_with_its_teacher_on_a_video(tmp_path):
+    clip = person_clip(tmp_path / 'person.mp4')
+    out = tmp_path / 'out'
+    assert ams_main(['eval', '--task', 'person', '--video', clip, '--size', '48x64',
+                     '--schemes', 'no_customization', 'ams', '--iterations', '2',
+                     '--batch-size', '2', '--t-update', '2', '--phase-time', '0.5',
+                     '--fps', '5', '--eval-fps', '5', '--out', str(out),
+                     '--no-progress']) == 0
+    data = json.loads((out / 'results.json').read_text())
+    assert data['meta']['task']['name'] == 'person'
+    assert data['meta']['class_names'] == ['background', 'person']
+    ams = data['results'][1]
+    assert ams['name'] == 'ams' and ams['downlink_bytes'] > 0 and ams['updates']
+    # The truth is the TFLite teacher's: both classes occur in every frame of this clip.
+    confusion = np.array(ams['confusion'])
+    assert confusion.shape == (2, 2) and confusion.sum(axis=1).min() > 0
+    tables = (out / 'tables.txt').read_text()
+    assert 'IoU per class (%)' in tables and 'person' in tables
+
+
+def test_a_task_without_synthetic_flights_needs_a_video():
+    with pytest.raises(SystemExit, match='give --video'):
+        resolve(build_parser().parse_args(['--task', 'person']))

@@ -22,7 +22,8 @@ def imported_in_fresh_interpreter(names: list[str], probe: str) -> bool:
 
 
 def test_the_drone_side_runs_without_torch():
-    drone = modules('drone', 'wire') + ['ams_ros.model.manifest', 'ams_ros.model.onnx_params']
+    drone = modules('drone', 'wire') + ['ams_ros.model.manifest', 'ams_ros.model.onnx_params',
+                                        'ams_ros.model.conventions']
     assert 'ams_ros.drone.agent' in drone and 'ams_ros.wire.snapshot' in drone
     assert not imported_in_fresh_interpreter(drone, 'torch')
     # The drone node with its parameters, QoS and conversions, too.

@@ -5,7 +5,8 @@ dicts) over one or more flights and writes into `out_dir`:
 
 - ``tables.md`` and ``tables.txt``: Table 1's shape (per flight: mIoU (%) and Up/Down BW
   (kbps) for each scheme, then the average over flights), Table 2's (mIoU per flight and
-  scheme), a detail table (pooled and per-frame mIoU, kbps, updates), the ablation variants,
+  scheme), a detail table (pooled and per-frame mIoU, kbps, updates), the IoU of each class,
+  the ablation variants,
   Table 3 (strategy x fraction: mIoU difference to full-model training, in points) when
   the selection ablation is present, and each fleet drone's phases and waits when the fleet
   ablation is;
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ams_ros.evaluation.core import SchemeResult
+from ams_ros.metrics import class_iou
 
 MAIN_ORDER = ('no_customization', 'one_time', 'remote_tracking', 'just_in_time', 'ams')
 DISPLAY = {'no_customization': 'No Customization', 'one_time': 'One-Time',
@@ -290,6 +292,17 @@ def gain_data(results: Sequence[SchemeResult]) -> dict | None:
 
 # -- text tables ------------------------------------------------------------------------------
 
+def per_class_table(results: Sequence[SchemeResult]) -> dict:
+    """Return the table of IoU per class for each flight and scheme (two classes need it)."""
+    names = list(results[0].class_names)
+    rows = [[r.flight, display_name(r.name)] + [_pct(v) for v in class_iou(r.confusion)]
+            + [_pct(r.miou)] for r in results]
+    return {'title': 'IoU per class (%)', 'header': ['Flight', 'Scheme', *names, 'mIoU'],
+            'rows': rows, 'left': 2,
+            'note': 'Pooled over every evaluated frame; n/a: the class is neither labelled nor '
+                    'predicted.'}
+
+
 def fleet_rows(results: Sequence[SchemeResult]) -> list[list[str]]:
     """Rows of the fleet table: each drone of each fleet run, with its scheduling figures."""
     rows = []
@@ -376,6 +389,7 @@ def build_tables(results: Sequence[SchemeResult], metadata: dict | None = None) 
                            str(cell['updates']), str(cell['frames'])])
     tables.append({'title': 'Every result', 'header': detail_header, 'rows': detail, 'left': 2,
                    'note': 'frame mIoU: mean of the per-frame mIoUs (the CDF\'s unit).'})
+    tables.append(per_class_table(main))
     variants = [r for r in results if not is_main(r)]
     if variants:
         data = table1_data(variants)

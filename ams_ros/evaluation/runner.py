@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ams_ros import IGNORE_LABEL
 from ams_ros.drone.agent import DroneConfig
 from ams_ros.evaluation.baselines import SCHEMES as BASELINES
 from ams_ros.evaluation.baselines import JustInTime
@@ -124,29 +125,38 @@ class Variant:
 # -- the student ------------------------------------------------------------------------------
 
 def evaluation_student(path: str | Path | None, arch: str, size: tuple[int, int], seed: int,
-                  log=print):
-    """Return (StudentTemplate, description): the checkpoint's, or a BN-calibrated fresh one."""
-    from ams_ros.model.template import StudentTemplate, from_checkpoint
+                       log=print, class_names: Sequence[str] | None = None,
+                       images: Sequence[np.ndarray] | None = None):
+    """Return (StudentTemplate, description): the checkpoint's, or a BN-calibrated fresh one.
 
+    class_names: the task's (None: the synthetic world's); a checkpoint must have them.
+    images: RGB frames to calibrate a fresh student's BatchNorm on (None: a pretraining flight).
+    """
+    from ams_ros.model.template import StudentTemplate, from_checkpoint
+    from ams_ros.world import CLASS_NAMES
+
+    class_names = tuple(class_names or CLASS_NAMES)
     if path is not None:
         template = from_checkpoint(path)
+        if template.class_names != class_names:
+            raise ValueError(f'the student {path} has classes {list(template.class_names)}, '
+                             f'the task {list(class_names)}')
         spec = template.input_spec
         if (spec.height, spec.width) != tuple(size):
             log(f'note: the checkpoint takes {spec.height}x{spec.width}; evaluating at that size')
         return template, {'kind': 'checkpoint', 'path': str(path)}
     log('note: a freshly initialised student with calibrated BatchNorm statistics '
         '(No Customization will be near chance)')
-    model, spec = calibrated_student(arch, size, seed)
-    from ams_ros.world import CLASS_NAMES
-
-    return (StudentTemplate.from_model(model, arch, CLASS_NAMES, spec),
+    model, spec = calibrated_student(arch, size, seed, len(class_names), images)
+    return (StudentTemplate.from_model(model, arch, class_names, spec),
             {'kind': 'fresh-bn-calibrated', 'arch': arch})
 
 
-def calibrated_student(arch: str, size: tuple[int, int], seed: int, frames: int = 16):
-    """Build a fresh student whose BatchNorm statistics come from a pretraining flight.
+def calibrated_student(arch: str, size: tuple[int, int], seed: int, num_classes: int | None = None,
+                       images: Sequence[np.ndarray] | None = None, frames: int = 16):
+    """Build a fresh student whose BatchNorm statistics come from `images`.
 
-    The frames are a stretch of one pretraining flight (seed < 1000): few districts to build.
+    Without images, `frames` of one pretraining flight (seed < 1000): few districts to build.
     """
     import torch
 
@@ -156,18 +166,25 @@ def calibrated_student(arch: str, size: tuple[int, int], seed: int, frames: int 
 
     torch.manual_seed(seed)
     spec = InputSpec(*size)
-    model = build_student(arch, NUM_CLASSES)
+    model = build_student(arch, num_classes or NUM_CLASSES)
     mean, std = pixel_normalisation(spec)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = None  # cumulative average over the calibration batches
-    video = AerialVideo(seed % 1000, 600.0)
-    images = [video.render(2.0 * i, *size)[0] for i in range(frames)]
+    if images is None:
+        video = AerialVideo(seed % 1000, 600.0)
+        images = [video.render(2.0 * i, *size)[0] for i in range(frames)]
     model.train()
     with torch.no_grad():
-        for b in range(0, frames, 8):
+        for b in range(0, len(images), 8):
             model(frames_to_input(images[b:b + 8], size, mean, std, False))
     return model.eval(), spec
+
+
+def calibration_frames(source, size: tuple[int, int], count: int = 16) -> list[np.ndarray]:
+    """Return `count` frames spread over a video source, at `size`, for BatchNorm."""
+    fps = count / max(source.duration_s, 1e-3)
+    return [frame for _, frame, _ in source.frames(fps, *size)][:count]
 
 
 # -- options -> contexts ----------------------------------------------------------------------
@@ -190,7 +207,8 @@ def parse_teacher(spec: str):
 
 def make_sources(args) -> list:
     if args.video:
-        return [VideoFileSource(args.video, args.labels, args.duration)]
+        ignore = args.task.ignore_label if args.task else IGNORE_LABEL
+        return [VideoFileSource(args.video, args.labels, args.duration, ignore_label=ignore)]
     return [SyntheticSource(seed, args.duration) for seed in args.seeds]
 
 
@@ -288,19 +306,28 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
 
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     size = (args.height, args.width)
-    if args.student == 'fresh':
-        checkpoint = None
+    task = args.task
+    real = task is not None and task.teacher['kind'] != 'synthetic'
+    sources = make_sources(args)
+    if args.student == 'fresh' or (real and args.student is None):
+        checkpoint = task.student.get('path') if real and args.student is None else None
     else:
         from ams_ros.model.pretrain import packaged_student
 
         checkpoint = args.student or packaged_student(profile.student, log, args.device)
-    template, student = evaluation_student(checkpoint, args.arch, size, args.seed, log)
+    images = calibration_frames(sources[0], size) if real and checkpoint is None else None
+    template, student = evaluation_student(checkpoint, args.arch, size, args.seed, log,
+                                           task.class_names if task else None, images)
     spec = template.input_spec
     frame_size = args.frame_size or (spec.height, spec.width)
     ground, drone = base_configs(args)
     variants = make_variants(args, ground, drone)
-    sources = make_sources(args)
-    shared_teacher = parse_teacher(args.teacher) if args.teacher else None
+    if real:
+        from ams_ros.ground.teachers import make_teacher
+
+        shared_teacher = make_teacher(task.teacher)
+    else:
+        shared_teacher = parse_teacher(args.teacher) if args.teacher else None
     link = LinkConfig(ChannelConfig(args.uplink_kbps, args.latency, args.loss),
                       ChannelConfig(args.downlink_kbps, args.latency, args.loss))
     phase_time = None if args.phase_time == 'measured' else float(args.phase_time)
@@ -358,6 +385,7 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
                 record(variant, fleet_results, time.perf_counter() - t0)
     meta = {
         'profile': args.profile, 'command': sys.argv, 'student': student,
+        'task': {'name': task.name, 'file': task.source} if task else None,
         'input_size': [spec.height, spec.width], 'frame_size': list(frame_size),
         'class_names': list(template.class_names), 'flights': [s.name for s in sources],
         'duration_s': [s.duration_s for s in sources], 'fps': args.fps,
@@ -462,6 +490,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     src = parser.add_argument_group('source')
     src.add_argument('--seeds', type=int, nargs='+', default=[1000, 1001, 1002],
                      help='synthetic flights (>= 1000 are held out; default 1000 1001 1002)')
+    src.add_argument('--task', help='task file, or the name of a shipped one (config/tasks/): '
+                     'the classes, the teacher and the student')
     src.add_argument('--video', help='a video file instead of synthetic flights')
     src.add_argument('--teacher', help="teacher: JSON config, a .json file, or KIND:PATH "
                      "(onnx:teacher.onnx, torchscript:teacher.pt); ground truth for --video")
@@ -519,13 +549,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def resolve(args) -> argparse.Namespace:
-    """Fill the profile's defaults into options left unset."""
+    """Fill the task's and the profile's defaults into options left unset."""
     profile = PROFILES[args.profile]
-    args.arch = args.arch or profile.arch
+    task = args.task = _task(args)
+    own = task.student if task is not None and task.teacher['kind'] != 'synthetic' else {}
+    args.arch = args.arch or own.get('arch') or profile.arch
     if args.size:
         args.height, args.width = _size(args.size)
     else:
-        args.height, args.width = profile.height, profile.width
+        args.height, args.width = own.get('input_size') or (profile.height, profile.width)
     args.frame_size = _size(args.frame_size) if args.frame_size else None
     args.duration = args.duration or (None if args.video else profile.duration_s)
     args.iterations = args.iterations or profile.iterations
@@ -537,6 +569,25 @@ def resolve(args) -> argparse.Namespace:
     if args.labels and not args.video:
         raise SystemExit('--labels needs --video')
     return args
+
+
+def _task(args):
+    """Load --task; a task with a real teacher needs a video and no --teacher."""
+    if not args.task:
+        return None
+    from ams_ros.task import TaskError, load_task
+
+    try:
+        task = load_task(args.task)
+    except TaskError as e:
+        raise SystemExit(f'ams eval: {e}') from e
+    if task.teacher['kind'] != 'synthetic':
+        if not args.video:
+            raise SystemExit(f'ams eval: task {task.name!r} has no synthetic flights: give '
+                             '--video')
+        if args.teacher:
+            raise SystemExit('ams eval: the task names the teacher: drop --teacher')
+    return task
 
 
 def _size(text: str) -> tuple[int, int]:

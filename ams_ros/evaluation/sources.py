@@ -82,12 +82,13 @@ class VideoFileSource:
 
     ``duration_s`` cuts the flight short (None: the whole file). Frames are picked at the
     requested rate as the first decoded frame at or after each due time (within half a native
-    frame interval), and resized to the requested size (area averaging down).
+    frame interval), and resized to the requested size (area averaging down). Label pixels equal
+    to ``ignore_label`` (the task's) are read as IGNORE_LABEL.
     """
 
     def __init__(self, path: str | os.PathLike, labels_dir: str | os.PathLike | None = None,
                  duration_s: float | None = None, start_s: float = 0.0,
-                 name: str | None = None):
+                 name: str | None = None, ignore_label: int = IGNORE_LABEL):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f'no video file {self.path}')
@@ -98,6 +99,7 @@ class VideoFileSource:
         self.duration_s = float(length if duration_s is None else min(duration_s, length))
         self.start_s = float(start_s)
         self.name = name or self.path.stem
+        self.ignore_label = ignore_label
 
     def frame_index(self, stamp: float) -> int:
         """Return the video frame index captured at `stamp`."""
@@ -114,6 +116,8 @@ class VideoFileSource:
         label = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if label is None:
             raise ValueError(f'cannot read label image {path}')
+        if self.ignore_label != IGNORE_LABEL:
+            label = np.where(label == self.ignore_label, IGNORE_LABEL, label).astype(np.uint8)
         return label if size is None else resize_labels(label, *size)
 
     def frames(self, fps: float, height: int | None = None,

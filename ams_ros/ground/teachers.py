@@ -7,11 +7,13 @@ teacher); model teachers ignore them.
 
 Model teachers come from local files only (nothing is downloaded):
 
-- ``OnnxTeacher``: any segmentation ONNX model. Float NCHW input is normalised here; uint8 input
-  (NHWC, as the exported student takes) is fed as is. The output is either logits (N, C, h, w),
-  upsampled bilinearly to the frame and argmaxed, or class ids, upsampled nearest.
+- ``onnx_teacher`` (ONNX Runtime) and ``tflite_teacher`` (LiteRT): a ``ModelTeacher`` that feeds
+  the model and reads its answer by the I/O conventions of ``ams_ros.model.conventions`` (layout,
+  colour order, pixel scale, mean/std, size; logits, probabilities, class ids or one foreground
+  channel). A uint8 input is fed the pixels as they are; a float one defaults to ImageNet's
+  normalisation.
 - ``TorchTeacher``: a TorchScript file, or a torchvision segmentation model built without weights
-  and loaded from a state-dict file (only where torchvision imports).
+  and loaded from a state-dict file (only where torchvision imports); logits out.
 
 A class map translates the teacher's classes into the student's; unmapped classes become
 IGNORE_LABEL. ``make_teacher`` builds any of them, and the synthetic world's perfect teacher,
@@ -26,12 +28,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 
 from ams_ros import IGNORE_LABEL
-from ams_ros.model.student import IMAGENET_MEAN, IMAGENET_STD
-from ams_ros.pixels import resize_frame, resize_labels
+from ams_ros.model import conventions
 
 IN_GRAPH = 'in-graph'   # normalisation: feed float 0..255 pixels, the model normalises them
 
@@ -87,53 +87,6 @@ def to_student_ids(ids: np.ndarray, table: np.ndarray | None) -> np.ndarray:
     return np.where(inside, table[np.clip(ids, 0, len(table) - 1)], IGNORE_LABEL).astype(np.uint8)
 
 
-def normalisation_constants(normalization) -> tuple[np.ndarray, np.ndarray] | None:
-    """Return (mean, std) in 0..255 pixel units, shaped (1, 3, 1, 1); None for IN_GRAPH.
-
-    normalization: 'imagenet', IN_GRAPH (the model takes 0..255 floats), or (mean, std) given
-    in 0..1 units, as torchvision's transforms take them.
-    """
-    if normalization == IN_GRAPH:
-        return None
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalization == 'imagenet' else normalization
-    mean = 255.0 * np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-    std = 255.0 * np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-    return mean, std
-
-
-def normalise(frames: np.ndarray, constants) -> np.ndarray:
-    """Turn N x H x W x 3 uint8 frames into float32 N x 3 x H x W model input."""
-    x = frames.astype(np.float32).transpose(0, 3, 1, 2)
-    if constants is None:
-        return np.ascontiguousarray(x)
-    mean, std = constants
-    return (x - mean) / std
-
-
-def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Resize N x H x W x 3 frames to size (height, width) (ams_ros.pixels); None: as is."""
-    if size is None or frames.shape[1:3] == tuple(size):
-        return frames
-    return np.stack([resize_frame(f, *size) for f in frames])
-
-
-def logits_to_ids(logits: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Argmax (N, C, h, w) logits after upsampling them bilinearly to height x width."""
-    logits = np.asarray(logits, np.float32)
-    if logits.shape[2:] == (height, width):
-        return logits.argmax(axis=1)
-    # Upsampling the scores, not the argmax, keeps class boundaries smooth at full size.
-    return np.stack([_resize_channels(scores, height, width).argmax(axis=0) for scores in logits])
-
-
-def _resize_channels(scores: np.ndarray, height: int, width: int) -> np.ndarray:
-    # cv2 resizes at most 512 channels at once, and wants them last.
-    parts = [cv2.resize(np.ascontiguousarray(part.transpose(1, 2, 0)), (width, height),
-                        interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
-             for part in np.array_split(scores, -(-len(scores) // 512))]
-    return np.concatenate(parts, axis=2).transpose(2, 0, 1)
-
-
 def label_in_batches(label_batch, frames: np.ndarray, batch_size: int) -> np.ndarray:
     """Run label_batch(frames, height, width) on batches of at most batch_size frames."""
     height, width = frames.shape[1:3]
@@ -149,85 +102,157 @@ def _existing_file(path: str | Path, what: str) -> Path:
     return path
 
 
-# -- ONNX -------------------------------------------------------------------------------------
+# -- model files: ONNX and TFLite ------------------------------------------------------------
 
-class OnnxTeacher:
-    """A segmentation model in an ONNX file, run with ONNX Runtime.
+def input_spec(input=None, normalization=None, input_size=None) -> dict:
+    """Merge a teacher's input convention (conventions.InputConvention keys) with shorthands.
 
-    input_size: (height, width) to run at where the model's input size is not fixed; None: the
-        frames' own size. A fixed size in the model always wins.
-    normalization: for float inputs: 'imagenet', IN_GRAPH or (mean, std); uint8 inputs get
-        the pixels unchanged.
-    output: 'logits' (N, C, h, w) or 'labels' (N, h, w) or (N, 1, h, w) class ids.
-    output_name: which graph output; default: the one named like `output`, else the first.
-    providers: ONNX Runtime providers; default: CUDA where available, then CPU.
-    class_map: teacher class -> student class (see class_lookup).
-    batch_size: frames per run (1 where the model's batch dimension is fixed at 1).
+    normalization: 'imagenet' (scale 'unit' with ImageNet's mean and std), IN_GRAPH (scale
+    'byte': the model normalises), or (mean, std) in [0, 1] units; input_size: its size.
+    """
+    spec = dict(input or {})
+    if normalization is not None:
+        if {'scale', 'mean', 'std'} & set(spec):
+            raise ValueError('give normalization or input scale/mean/std, not both')
+        if normalization == IN_GRAPH:
+            spec['scale'] = 'byte'
+        elif normalization == 'imagenet':
+            spec.update(scale='unit', mean='imagenet', std='imagenet')
+        else:
+            spec['mean'], spec['std'] = normalization
+    if input_size is not None:
+        spec['size'] = tuple(input_size)
+    return spec
+
+
+def fitted_input(spec: Mapping | None, shape: Sequence, dtype) -> conventions.InputConvention:
+    """Return the input convention for a model input.
+
+    The scale defaults to 'uint8' for a uint8 model, else to 'unit' with ImageNet's mean and std.
+    """
+    spec = dict(spec or {})
+    if np.dtype(dtype) == np.uint8:
+        spec.setdefault('scale', 'uint8')
+    elif not {'scale', 'mean', 'std'} & set(spec):
+        spec.update(scale='unit', mean='imagenet', std='imagenet')
+    return conventions.input_convention(spec).fit(shape, dtype)
+
+
+class ModelTeacher:
+    """A segmentation model behind a runner, fed and read by its I/O conventions.
+
+    runner: has input_shape, input_dtype and is called with a prepared batch, returning the
+    output tensor. input: InputConvention keys (scale defaults to 'uint8' for a uint8 model,
+    else 'unit' with ImageNet's mean and std); output: an OutputConvention kind or keys.
+    class_map: teacher class -> task class (see class_lookup).
     """
 
-    def __init__(self, path: str | Path, input_size: tuple[int, int] | None = None,
-                 normalization='imagenet', output: str = 'logits', output_name: str | None = None,
-                 providers: Sequence[str] | None = None, class_map=None, batch_size: int = 4):
+    def __init__(self, runner, input: Mapping | None = None, output='logits',
+                 class_map=None, batch_size: int = 4):
+        self.runner = runner
+        self.input = fitted_input(input, runner.input_shape, runner.input_dtype)
+        self.output = conventions.output_convention(output)
+        self.table = None if class_map is None else class_lookup(class_map)
+        self.batch_size = 1 if runner.input_shape[0] == 1 else batch_size
+
+    def label(self, frames: np.ndarray, stamps: Sequence[float]) -> np.ndarray:
+        return label_in_batches(self._label_batch, check_frames(frames, stamps), self.batch_size)
+
+    def _label_batch(self, frames: np.ndarray, height: int, width: int) -> np.ndarray:
+        out = self.runner(self.input.prepare(frames))
+        return to_student_ids(self.output.to_ids(out, height, width), self.table)
+
+
+class OnnxRunner:
+    """An ONNX model in ONNX Runtime: one image input, the chosen output.
+
+    output_name: which graph output; default: one named like the output kind, else the first.
+    providers: ONNX Runtime providers; default: CUDA where available, then CPU.
+    """
+
+    def __init__(self, path: str | Path, output_name: str | None = None,
+                 providers: Sequence[str] | None = None, prefer: str = ''):
         import onnxruntime as ort
 
-        if output not in ('logits', 'labels'):
-            raise ValueError(f"output must be 'logits' or 'labels', got {output!r}")
         path = _existing_file(path, 'ONNX teacher model')
         if providers is None:
             available = ort.get_available_providers()
             providers = [p for p in ('CUDAExecutionProvider', 'CPUExecutionProvider')
                          if p in available]
         self.session = ort.InferenceSession(str(path), providers=list(providers))
-        self.output = output
-        self.normalization = normalisation_constants(normalization)
-        self.table = None if class_map is None else class_lookup(class_map)
-
-        (image,) = self.session.get_inputs()
-        self.input_name = image.name
-        if image.type not in ('tensor(uint8)', 'tensor(float)'):
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(f'the teacher must take one input, this one takes '
+                             f'{[i.name for i in inputs]}')
+        (image,) = inputs
+        types = {'tensor(uint8)': np.uint8, 'tensor(float)': np.float32}
+        if image.type not in types:
             raise ValueError(f'teacher input must be uint8 or float32, got {image.type}')
-        self.takes_uint8 = image.type == 'tensor(uint8)'
-        self.channels_last = _channels_last(image.shape, self.takes_uint8)
-        spatial = image.shape[1:3] if self.channels_last else image.shape[2:4]
-        fixed = tuple(spatial) if all(isinstance(d, int) for d in spatial) else None
-        if fixed is not None and input_size is not None and tuple(input_size) != fixed:
-            raise ValueError(f'the model takes {fixed}, not input_size {tuple(input_size)}')
-        self.input_size = fixed or (None if input_size is None else tuple(input_size))
-        self.batch_size = 1 if image.shape[0] == 1 else batch_size
-
+        self.input_name, self.input_shape = image.name, list(image.shape)
+        self.input_dtype = np.dtype(types[image.type])
         names = [o.name for o in self.session.get_outputs()]
         if output_name is not None and output_name not in names:
             raise ValueError(f'no output {output_name!r}; the model has {names}')
-        self.output_name = output_name or (output if output in names else names[0])
+        self.output_name = output_name or (prefer if prefer in names else names[0])
 
-    def label(self, frames: np.ndarray, stamps: Sequence[float]) -> np.ndarray:
-        return label_in_batches(self._label_batch, check_frames(frames, stamps), self.batch_size)
-
-    def _label_batch(self, frames: np.ndarray, height: int, width: int) -> np.ndarray:
-        x = resize_frames(frames, self.input_size)
-        if not self.takes_uint8:
-            x = normalise(x, self.normalization)
-            if self.channels_last:
-                x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        elif not self.channels_last:
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        (out,) = self.session.run([self.output_name], {self.input_name: x})
-        if self.output == 'logits':
-            ids = logits_to_ids(out, height, width)
-        else:
-            ids = resize_labels(out.reshape(len(frames), *out.shape[-2:]), height, width)
-        return to_student_ids(ids, self.table)
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: x})[0]
 
 
-def _channels_last(shape: Sequence, takes_uint8: bool) -> bool:
-    """Tell NHWC from NCHW by where the 3 channels are; if unclear, uint8 means NHWC."""
-    if len(shape) != 4:
-        raise ValueError(f'teacher input must be 4-D (N, C, H, W or N, H, W, C), got {shape}')
-    if shape[1] == 3 and shape[3] != 3:
-        return False
-    if shape[3] == 3 and shape[1] != 3:
-        return True
-    return takes_uint8
+class TfliteRunner:
+    """A TFLite model in LiteRT (ai-edge-litert), one frame per invoke.
+
+    Quantised outputs are dequantised. LiteRT's default XNNPACK delegate stays on: common
+    segmentation models (MediaPipe's) need it for their custom transposed convolution.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as exc:
+            raise RuntimeError('a TFLite teacher needs LiteRT: pip install ai-edge-litert '
+                               '(part of the ground extra)') from exc
+        path = _existing_file(path, 'TFLite teacher model')
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        inputs = self.interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise ValueError(f'the teacher must take one input, this one takes {len(inputs)}')
+        self._input = inputs[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self.input_shape = [int(d) for d in self._input['shape']]
+        self.input_dtype = np.dtype(self._input['dtype'])
+        if self.input_dtype not in (np.uint8, np.float32):
+            raise ValueError(f'teacher input must be uint8 or float32, got {self.input_dtype}')
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        outputs = []
+        for frame in x:
+            self.interpreter.set_tensor(self._input['index'], frame[None])
+            self.interpreter.invoke()
+            outputs.append(self.interpreter.get_tensor(self._output['index'])[0].copy())
+        out = np.stack(outputs)
+        scale, zero_point = self._output.get('quantization', (0.0, 0))
+        if scale:
+            out = (out.astype(np.float32) - zero_point) * scale
+        return out
+
+
+def onnx_teacher(path: str, input: Mapping | None = None, output='logits',
+                 output_name: str | None = None, providers: Sequence[str] | None = None,
+                 class_map=None, batch_size: int = 4, normalization=None,
+                 input_size=None) -> ModelTeacher:
+    kind = output if isinstance(output, str) else dict(output).get('kind', 'logits')
+    runner = OnnxRunner(path, output_name, providers, prefer=kind)
+    return ModelTeacher(runner, input_spec(input, normalization, input_size), output,
+                        class_map, batch_size)
+
+
+def tflite_teacher(path: str, input: Mapping | None = None, output='logits', class_map=None,
+                   threads: int | None = None, normalization=None,
+                   input_size=None) -> ModelTeacher:
+    return ModelTeacher(TfliteRunner(path, threads), input_spec(input, normalization,
+                                                                input_size), output, class_map)
 
 
 # -- torch ------------------------------------------------------------------------------------
@@ -253,12 +278,12 @@ class TorchTeacher:
     element is the logits.
     """
 
-    def __init__(self, module, device: str = 'auto', input_size: tuple[int, int] | None = None,
-                 normalization='imagenet', class_map=None, batch_size: int = 4):
+    def __init__(self, module, device: str = 'auto', input: Mapping | None = None,
+                 class_map=None, batch_size: int = 4, normalization=None, input_size=None):
         self.device = select_torch_device(device)
         self.module = module.to(self.device).eval()
-        self.input_size = None if input_size is None else tuple(input_size)
-        self.normalization = normalisation_constants(normalization)
+        self.input = fitted_input(input_spec(input, normalization, input_size),
+                                  ['N', 3, 'H', 'W'], np.float32)
         self.table = None if class_map is None else class_lookup(class_map)
         self.batch_size = batch_size
 
@@ -301,12 +326,7 @@ class TorchTeacher:
         import torch
         import torch.nn.functional as F
 
-        # uint8 to the device, normalised there: a quarter of the bytes to copy.
-        x = torch.from_numpy(resize_frames(frames, self.input_size)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float()
-        if self.normalization is not None:
-            mean, std = (torch.from_numpy(c).to(self.device) for c in self.normalization)
-            x = (x - mean) / std
+        x = torch.from_numpy(self.input.prepare(frames)).to(self.device)
         with torch.inference_mode():
             out = self.module(x)
             logits = out['out'] if isinstance(out, Mapping) else out
@@ -346,12 +366,14 @@ def _torchscript(path: str, **kwargs) -> TorchTeacher:
     return TorchTeacher.from_torchscript(path, **kwargs)
 
 
-_TORCH_OPTIONS = ('device', 'input_size', 'normalization', 'class_map', 'batch_size')
+_TORCH_OPTIONS = ('device', 'input', 'class_map', 'batch_size', 'normalization', 'input_size')
 
 # kind -> (builder, the options its config may give beside 'kind')
 TEACHER_KINDS: dict[str, tuple[Callable[..., Teacher], tuple[str, ...]]] = {
-    'onnx': (OnnxTeacher, ('path', 'input_size', 'normalization', 'output', 'output_name',
-                           'providers', 'class_map', 'batch_size')),
+    'onnx': (onnx_teacher, ('path', 'input', 'output', 'output_name', 'providers', 'class_map',
+                            'batch_size', 'normalization', 'input_size')),
+    'tflite': (tflite_teacher, ('path', 'input', 'output', 'class_map', 'threads',
+                                'normalization', 'input_size')),
     'torchscript': (_torchscript, ('path', *_TORCH_OPTIONS)),
     'torchvision': (_torchvision, ('name', 'weights', 'num_classes', *_TORCH_OPTIONS)),
     'synthetic': (_synthetic, ('seed', 'duration_s', 'start_s')),
