@@ -575,12 +575,16 @@ def export_onnx(model: torch.nn.Module, metadata: StudentMetadata,
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add the pretraining options to `parser` (e.g. an `ams pretrain` sub-parser)."""
     parser = parser or argparse.ArgumentParser(
-        prog='ams pretrain', description='Pretrain the generic student on the synthetic world.')
+        prog='ams pretrain', description='Pretrain the generic student on the synthetic world, '
+        "or (--task) distil a task's teacher into its student over unlabelled footage.")
     d = PretrainConfig()
     parser.add_argument('--arch', default=d.arch, choices=sorted(STUDENT_ARCHS))
-    parser.add_argument('--height', type=int, default=d.height)
-    parser.add_argument('--width', type=int, default=d.width)
-    parser.add_argument('--steps', type=int, default=d.steps)
+    parser.add_argument('--height', type=int, default=None,
+                        help=f"input height (default {d.height}; with --task the task's)")
+    parser.add_argument('--width', type=int, default=None,
+                        help=f"input width (default {d.width}; with --task the task's)")
+    parser.add_argument('--steps', type=int, default=None,
+                        help=f'training steps (default {d.steps}; with --task 600)')
     parser.add_argument('--batch-size', type=int, default=d.batch_size)
     parser.add_argument('--lr', type=float, default=d.learning_rate)
     parser.add_argument('--seeds', default=f'{d.seeds[0]}:{d.seeds[1]}',
@@ -596,15 +600,29 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument('--seed', type=int, default=d.seed)
     parser.add_argument('--init', default=None, metavar='CHECKPOINT',
                         help='continue from this checkpoint (same arch) instead of from scratch')
-    parser.add_argument('--warmup', type=int, default=d.warmup_steps, help='warm-up steps')
+    parser.add_argument('--warmup', type=int, default=None,
+                        help=f'warm-up steps (default {d.warmup_steps}; with --task 50)')
     parser.add_argument('--eval-seeds', default=','.join(map(str, EVAL_SEEDS)),
                         help='held-out flights to score at the end ("" for none)')
     parser.add_argument('--eval-fps', type=float, default=0.2)
     parser.add_argument('--eval-duration', type=float, default=300.0)
-    parser.add_argument('--out', type=Path, default=SMALL_CHECKPOINT,
-                        help='checkpoint .pt (metadata goes beside it as .json)')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='checkpoint .pt (metadata goes beside it as .json; default: the '
+                             'packaged student, or student_TASK.pt with --task)')
     parser.add_argument('--onnx', action='store_true',
                         help='also export the drone model beside it (.onnx; needs onnx)')
+    task = parser.add_argument_group('distillation (ams_ros.model.distill)')
+    task.add_argument('--task', help="task file or shipped name: distil its teacher into its "
+                      "student (the .onnx is always written)")
+    task.add_argument('--videos', nargs='+', help='unlabelled videos to distil over')
+    task.add_argument('--images', help='and/or a folder of images')
+    task.add_argument('--sample-fps', type=float, default=2.0,
+                      help='frames taken per second of video (default 2)')
+    task.add_argument('--holdout', type=float, default=0.2,
+                      help='share of the files held out to measure agreement (default 0.2)')
+    task.add_argument('--checkpoint-every', type=float, default=300.0, metavar='S',
+                      help='save a resumable checkpoint every S seconds (default 300)')
+    task.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
 
@@ -617,15 +635,21 @@ def run(args: argparse.Namespace) -> int:
     """Run a parsed `ams pretrain` command line."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.task:
+        from ams_ros.model.distill import run_distillation
+
+        return run_distillation(args, log=lambda line: print(line, flush=True))
+    args.out = args.out or SMALL_CHECKPOINT
     first, stop = (int(v) for v in args.seeds.split(':'))
     workers = args.workers if args.workers is not None else (
         12 if args.device.startswith('cuda') else 0)
     config = PretrainConfig(
-        arch=args.arch, height=args.height, width=args.width, steps=args.steps,
+        arch=args.arch, height=args.height or PretrainConfig.height,
+        width=args.width or PretrainConfig.width, steps=args.steps or PretrainConfig.steps,
         batch_size=args.batch_size, learning_rate=args.lr, seeds=(first, stop),
-        pool_size=args.pool_size, augment=not args.no_augment, device=args.device,
-        workers=workers, time_budget_s=args.time_budget, seed=args.seed, init=args.init,
-        warmup_steps=args.warmup)
+        pool_size=args.pool_size, augment=not args.no_augment, device=args.device, workers=workers,
+        time_budget_s=args.time_budget, seed=args.seed, init=args.init,
+        warmup_steps=args.warmup or PretrainConfig.warmup_steps)
     eval_seeds = [int(s) for s in args.eval_seeds.split(',') if s.strip()]
     result = pretrain(config, log=lambda line: print(line, flush=True), eval_seeds=eval_seeds,
                       eval_fps=args.eval_fps, eval_duration_s=args.eval_duration,
