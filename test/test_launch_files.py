@@ -188,6 +188,7 @@ BAD_GROUND = [
     ('trainer.fraction', 1.5, 'trainer.fraction'),
     ('scheduler.policy', 'fifo', 'scheduler.policy'),
     ('student', '/nonexistent/student.pt', 'student'),
+    ('task', '/nonexistent/task.yaml', 'task file not found'),
 ]
 
 

@@ -32,6 +32,10 @@ PARAMETERS = (
     Param('shard_index', 0, "this ground's shard: it serves client ids with "
           'sha256(id) % shard_count == shard_index', low=0, high=1 << 20),
     Param('shard_count', 1, 'number of ground nodes splitting the fleet', low=1, high=1 << 20),
+    # The task: its classes, teacher and student replace the parameters below.
+    Param('task', '', 'task file, or the name of a shipped one (config/tasks/, e.g. person): '
+          'its classes and teacher replace class_names and teacher.*, its student replaces '
+          "student and input_*; empty: those parameters"),
     # The student every drone starts from.
     Param('student', 'deeplabv3_mbv2', 'student checkpoint file (ams_ros.model.pretrain format), '
           "'pretrained' / 'pretrained_small' for the packaged checkpoints, or an architecture "
@@ -163,6 +167,25 @@ def teacher_spec(p: dict, device: str) -> dict:
     return spec
 
 
+def with_task(p: dict) -> dict:
+    """Return the parameters with the task file's classes, teacher and student in force.
+
+    A synthetic teacher keeps the teacher.* parameters (its flight seed is the camera's).
+    """
+    from ams_ros.task import load_task
+
+    task = load_task(p['task'])
+    p = dict(p, class_names=list(task.class_names))
+    if task.teacher['kind'] != 'synthetic':
+        p['task.teacher'] = task.teacher
+    if 'path' in task.student:
+        p['student'] = task.student['path']
+    else:
+        p['student'] = task.student['arch']
+        p['input_height'], p['input_width'] = task.student['input_size']
+    return p
+
+
 def ground_config(p: dict, device: str) -> GroundConfig:
     """Return the engine's GroundConfig from the parameters (ValueError when inconsistent)."""
     from ams_ros.ground.trainer import TrainerConfig
@@ -224,11 +247,18 @@ def ground_engine(p: dict, warn: Callable[[str], None]) -> GroundEngine:
             torch.set_num_threads(p['torch_threads'])
         device = select_torch_device(p['device'])
         config = ground_config(p, device)
-        teacher = make_teacher(teacher_spec(p, device))
+        p = with_task(p) if p['task'] else p
+        teacher = make_teacher(p.get('task.teacher') or teacher_spec(p, device))
 
         def load():
-            return load_template(p['student'], p['class_names'],
-                                 (p['input_height'], p['input_width']), p['seed'], device, warn)
+            template = load_template(p['student'], p['class_names'],
+                                     (p['input_height'], p['input_width']), p['seed'], device,
+                                     warn)
+            if p['task'] and template.class_names != tuple(p['class_names']):
+                raise TemplateError(f"the student {p['student']} has classes "
+                                    f'{list(template.class_names)}, the task '
+                                    f"{list(p['class_names'])}")
+            return template
 
         template = None if needs_pretraining(p['student']) else load()
     except (ValueError, OSError, RuntimeError, TemplateError) as e:

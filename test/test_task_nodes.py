@@ -1,0 +1,101 @@
+"""A task file drives the nodes, as separate processes over real Fast DDS.
+
+The ground runs the person task (its TFLite teacher, a student distilled here); the drone starts
+from the student's .onnx file alone.
+"""
+
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+rclpy = pytest.importorskip('rclpy')
+torch = pytest.importorskip('torch')
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from support.processes import spin_until  # noqa: E402
+from test_evaluation import person_clip  # noqa: E402
+from test_nodes import RELIABLE, logs, observed, params, start  # noqa: E402
+from test_teachers import head_and_shoulders  # noqa: E402
+
+import ams_msgs.msg as M  # noqa: E402
+from ams_ros.ground.teachers import make_teacher  # noqa: E402
+from ams_ros.model.distill import DistillConfig, distil  # noqa: E402
+from ams_ros.model.template import from_checkpoint  # noqa: E402
+from ams_ros.ros import conversions as conv  # noqa: E402
+from ams_ros.ros.image_conversion import array_to_image  # noqa: E402
+from ams_ros.task import load_task  # noqa: E402
+
+SIZE = (48, 64)  # the student's input
+
+
+@pytest.fixture(scope='module')
+def person_system(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp('task')
+    torch.set_num_threads(1)
+    task = load_task('person')
+    clip = person_clip(tmp_path / 'clip.mp4', frames=20)
+    student = tmp_path / 'student.pt'
+    distil(DistillConfig(videos=(clip,), height=SIZE[0], width=SIZE[1], steps=10,
+                         batch_size=4, warmup_steps=2), task, make_teacher(task.teacher),
+           student, log=lambda _: None, cache=tmp_path / 'labels', progress=False)
+    task_file = tmp_path / 'my_person.yaml'
+    data = yaml.safe_load(open(task.source))
+    data['student'] = {'path': 'student.pt'}  # relative to the task file
+    task_file.write_text(yaml.safe_dump(data))
+    processes = {
+        'ground': start('ams_ros.ros.ground_node', tmp_path, 'ground', *params(
+            task=task_file, device='cpu', torch_threads=1, client_ids='[p1]',
+            drone_namespaces='[/p1]', status_period=0.5, trainer__iterations=2,
+            trainer__batch_size=2, trainer__channels_last=False, atr__period_min=2.0,
+            asr__interval=2.0)),
+        'p1': start('ams_ros.ros.drone_node', tmp_path, 'p1', '-r', '__ns:=/p1', *params(
+            model_path=student.with_suffix('.onnx'), status_period=0.5)),
+    }
+    for node, processes_ in observed(processes, 'ams_task_test'):
+        yield node, processes_, from_checkpoint(student).model_id
+
+
+def person_frame(t: float):
+    image = np.full((*SIZE, 3), (90, 140, 200), np.uint8)
+    person = head_and_shoulders(SIZE[0], SIZE[1] // 2)
+    x = int(t * 2) % (SIZE[1] // 2)
+    image[:, x:x + SIZE[1] // 2] = person
+    msg = array_to_image(image, 'rgb8')
+    msg.header.stamp = conv.seconds_to_stamp(t)
+    msg.header.frame_id = 'camera'
+    return msg
+
+
+def test_a_task_file_drives_the_ground_and_the_drone_follows(person_system):
+    node, processes, model_id = person_system
+    status, masks, diagnostics = [], [], []
+    node.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+    node.create_subscription(M.EdgeStatus, '/p1/ams/status', status.append, RELIABLE)
+    node.create_subscription(Image, '/p1/ams_drone/mask', masks.append, RELIABLE)
+    camera = node.create_publisher(Image, '/p1/camera/image_raw', qos_profile_sensor_data)
+    assert spin_until(node, lambda: camera.get_subscription_count() > 0, 30), logs(processes)
+    # 5x real time: stamps 0.5 s apart every 0.1 s; a batch every 2 s of stamps.
+    t, deadline = 0.0, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if status and status[-1].active_version >= 3:
+            break
+        camera.publish(person_frame(t))
+        t += 0.5
+        spin_until(node, lambda: False, 0.1)
+    assert status, logs(processes)
+    last = status[-1]
+    # The drone ran the student's own file (v1) and applied the ground's patches on it: the
+    # ground's mirror of the task's student is the model the drone started from, so it never
+    # needed a snapshot.
+    assert last.active_version >= 3, (last, logs(processes))
+    assert last.model_id == model_id
+    assert last.patches_applied >= 2 and last.patches_rejected == 0
+    ground = [{kv.key: kv.value for kv in s.values} for a in diagnostics for s in a.status
+              if s.name == 'ams_ground: p1']
+    assert ground and ground[-1]['snapshots'] == '0' and ground[-1]['resyncs'] == '0', ground
+    assert masks and all(np.frombuffer(bytes(m.data), np.uint8).max() <= 1 for m in masks)
+    for process in processes.values():
+        assert process.poll() is None, logs(processes)
