@@ -15,8 +15,10 @@ COMMANDS = {
     'launch': ('ams_ros.launcher', 'start the drone, ground or demo nodes as processes'),
     'demo': ('ams_ros.ros.demo', 'run a synthetic flight through camera, drone and ground nodes'),
     'bag': ('ams_ros.ros.bag', 'record and replay rosbag2 files without a ROS install'),
-    'eval': ('ams_ros.evaluation.runner', "reproduce the paper's tables offline"),
-    'pretrain': ('ams_ros.model.pretrain', 'pretrain the generic student on the synthetic world'),
+    'eval': ('ams_ros.evaluation.runner', "the paper's schemes offline, on synthetic flights "
+             'or (--task) your footage'),
+    'pretrain': ('ams_ros.model.pretrain', 'pretrain the generic student on the synthetic world, '
+                 "or (--task) distil a task's teacher into its student"),
 }
 
 

@@ -31,6 +31,9 @@ sharing the GPU and its 16 cores.
 `--init CHECKPOINT` continues from an earlier checkpoint (e.g. one pretrained on an older
 version of the world); the metadata then records both stages.
 
+With `--task FILE --videos ...` the command distils a task's teacher into its student over
+unlabelled footage instead (ams_ros.model.distill).
+
 Held-out flights (seed >= FIRST_HELD_OUT_SEED) are never rendered for training: the
 configuration refuses them. `bench/bench_world_gap.py` measures the checkpoint against the
 same student specialised to each held-out flight.
