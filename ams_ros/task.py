@@ -67,11 +67,9 @@ class Task:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def colour_table(self) -> np.ndarray:
-        """Return class id -> RGB (256 x 3 uint8): the task's colours, black elsewhere."""
-        table = np.zeros((256, 3), np.uint8)
-        table[:self.num_classes] = [c.colour for c in self.classes]
-        return table
+    @property
+    def class_colours(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple(c.colour for c in self.classes)
 
 
 def load_task(path: str | Path) -> Task:

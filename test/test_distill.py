@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from test_evaluation import person_clip
@@ -14,6 +15,7 @@ from test_evaluation import person_clip
 from ams_ros.drone.agent import DroneAgent, DroneConfig
 from ams_ros.ground.teachers import make_teacher
 from ams_ros.model.distill import DistillConfig, Footage, distil, split
+from ams_ros.model.onnx_params import CLASS_COLOURS_KEY, class_colours
 from ams_ros.model.template import from_checkpoint
 from ams_ros.task import load_task
 from ams_ros.wire.model_version import APPLIED
@@ -66,7 +68,16 @@ def test_a_distilled_student_learns_the_teacher_and_flies(clips, tmp_path):
     assert drone.runtime.wait_for_version(1, 30.0)
     mask = drone.infer(np.zeros((48, 64, 3), np.uint8))
     assert mask.shape == (48, 64) and mask.max() <= 1
+    # The task's colours travel in the model's metadata, for the drone's colour masks.
+    assert drone.class_names == task.class_names
+    assert drone.class_colours == task.class_colours == ((0, 0, 0), (230, 60, 60))
     drone.close()
+    model = onnx.load(out.with_suffix('.onnx'))
+    assert class_colours(model) == task.class_colours
+    entry = next(p for p in model.metadata_props if p.key == CLASS_COLOURS_KEY)
+    for bad in ('[[0, 0, 300], [1, 2, 3]]', '[[1, 2]]', 'not json'):
+        entry.value = bad  # colours are cosmetic: bad ones are ignored, not fatal
+        assert class_colours(model) == ()
     # A rerun labels nothing: the teacher's labels come from the cache.
     again = CountingTeacher(make_teacher(task.teacher))
     distil(config(clips, steps=2), task, again, tmp_path / 'again.pt', log=lambda _: None,

@@ -14,7 +14,7 @@ from ams_ros.world import CLASS_NAMES, PALETTE
 def test_the_synthetic_task_is_the_world():
     task = load_task('synthetic')
     assert task.class_names == CLASS_NAMES
-    np.testing.assert_array_equal(task.colour_table()[:len(PALETTE)], PALETTE)
+    np.testing.assert_array_equal(task.class_colours, PALETTE)
     assert task.teacher == {'kind': 'synthetic'}
     assert task.student == {'arch': 'deeplabv3_mbv2_small', 'input_size': (128, 256)}
 
@@ -51,7 +51,7 @@ def test_class_maps_are_many_to_one_with_a_named_fill(tmp_path):
     assert table[7] == table[8] == 1 and table[0] == 0 and table[3] == IGNORE_LABEL
     assert table[5] == 0 and table[200] == 0 and len(table) == 256  # unmapped: background
     assert task.teacher['path'] == str(tmp_path / 'teacher.onnx')
-    assert task.colour_table()[1].tolist() == [0, 0, 255]
+    assert task.class_colours[1] == (0, 0, 255)
     ignored = base(tmp_path)
     del ignored['teacher']['unmapped']
     table = load_task(write(tmp_path, ignored)).teacher['class_map']

@@ -80,6 +80,7 @@ class DroneAgent:
         self.sampler = FrameSampler(self.config.sampling_rate, self.config.update_period)
         self.runtime: EdgeRuntime | None = None
         self.class_names: tuple[str, ...] = ()
+        self.class_colours: tuple[tuple[int, int, int], ...] = ()  # the model's, if it has any
         self._interface: ModelInterface | None = None  # of the model the runtime runs
         self._seq = 0
 
@@ -219,18 +220,19 @@ class DroneAgent:
                     built_version: int) -> None:
         """Run the state's newly active vector: in `runtime` (built at built_version) if new."""
         if runtime is not None:
-            self._install(runtime, interface.class_names)
+            self._install(runtime, interface)
         self._interface = interface  # a matching one may add the normalisation a file lacks
         if runtime is None or self.state.version != built_version:  # held patches applied
             self.runtime.submit(self.state.vector, self.state.version)
 
-    def _install(self, runtime: EdgeRuntime, class_names: tuple[str, ...]) -> None:
+    def _install(self, runtime: EdgeRuntime, interface: ModelInterface) -> None:
         # A different model (architecture, layout or interface) needs a new runtime; the
         # reference swap is atomic, and the old runtime finishes the frame it is on before it
         # is closed.
         previous = self.runtime
         self.runtime = runtime
-        self.class_names = class_names
+        self.class_names = interface.class_names
+        self.class_colours = interface.class_colours
         if previous is not None:
             previous.close()
 

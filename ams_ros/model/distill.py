@@ -278,7 +278,7 @@ def distil(config: DistillConfig, task: Task, teacher, out: Path,
     settings['videos'] = [Path(v).name for v in config.videos]
     metadata = StudentMetadata(
         arch=config.arch, class_names=task.class_names, height=spec.height, width=spec.width,
-        mean=tuple(spec.mean), std=tuple(spec.std),
+        mean=tuple(spec.mean), std=tuple(spec.std), class_colours=task.class_colours,
         num_parameters=sum(p.numel() for p in model.parameters()),
         pretrain={'kind': 'distillation', 'task': task.name, 'teacher': task.teacher,
                   'config': settings, 'steps_done': step,

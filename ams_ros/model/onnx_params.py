@@ -7,6 +7,7 @@ snapshot, is the map from the flat vector to the graph.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -57,10 +58,23 @@ def read_vector(model: onnx.ModelProto, manifest: ParameterManifest) -> np.ndarr
 MANIFEST_KEY = 'ams.manifest'
 MODEL_ID_KEY = 'ams.model_id'
 CLASS_NAMES_KEY = 'ams.class_names'
+CLASS_COLOURS_KEY = 'ams.class_colours'  # [[R, G, B], ...] per class, for colour masks
 
 
 def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def class_colours(model: onnx.ModelProto) -> tuple[tuple[int, int, int], ...]:
+    """Return the class colours the model declares; () when it declares none or bad ones."""
+    try:
+        colours = json.loads(model_metadata(model).get(CLASS_COLOURS_KEY, '[]'))
+        parsed = tuple(tuple(int(c) for c in colour) for colour in colours)
+    except (ValueError, TypeError):
+        return ()
+    if all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in parsed):
+        return parsed
+    return ()
 
 
 def manifest_from_metadata(model: onnx.ModelProto) -> ParameterManifest:

@@ -123,6 +123,7 @@ class StudentMetadata:
     world_fingerprint: str = ''  # of the world it was pretrained on (see world_fingerprint)
     pretrain: dict = field(default_factory=dict)  # config, time, device, losses, evaluation
     format: str = FORMAT
+    class_colours: tuple[tuple[int, int, int], ...] = ()  # a task's, for colour masks
 
     @property
     def input_spec(self) -> InputSpec:
@@ -138,6 +139,7 @@ class StudentMetadata:
             raise ValueError(f'not an AMS student checkpoint (format {data.get("format")!r})')
         for key in ('class_names', 'mean', 'std'):
             data[key] = tuple(data[key])
+        data['class_colours'] = tuple(tuple(c) for c in data.get('class_colours', ()))
         return cls(**data)
 
 
@@ -566,7 +568,7 @@ def export_onnx(model: torch.nn.Module, metadata: StudentMetadata,
     from ams_ros.model.template import StudentTemplate
 
     template = StudentTemplate.from_model(model, metadata.arch, metadata.class_names,
-                                          metadata.input_spec)
+                                          metadata.input_spec, metadata.class_colours)
     if path is not None:
         Path(path).write_bytes(template.onnx_bytes)
     return template.onnx_bytes

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ams_ros.model.manifest import ParameterManifest, module_to_vector
-from ams_ros.model.onnx_params import CLASS_NAMES_KEY, MODEL_ID_KEY
+from ams_ros.model.onnx_params import CLASS_COLOURS_KEY, CLASS_NAMES_KEY, MODEL_ID_KEY
 
 
 class TemplateError(ValueError):
@@ -28,13 +28,19 @@ class StudentTemplate:
     input_spec: object  # ams_ros.model.student.InputSpec
 
     @classmethod
-    def from_model(cls, model, arch: str, class_names, input_spec) -> StudentTemplate:
-        """Export the model once; every client's snapshots are written into this export."""
+    def from_model(cls, model, arch: str, class_names, input_spec,
+                   class_colours=()) -> StudentTemplate:
+        """Export the model once; every client's snapshots are written into this export.
+
+        class_colours: [R, G, B] per class, for the drone's colour masks (none: its default).
+        """
         from ams_ros.model.onnx_export import export_student_onnx
 
         model_id = ParameterManifest.from_module(model).model_id(arch)
-        exported = export_student_onnx(model, input_spec, {
-            MODEL_ID_KEY: model_id, CLASS_NAMES_KEY: json.dumps(list(class_names))})
+        metadata = {MODEL_ID_KEY: model_id, CLASS_NAMES_KEY: json.dumps(list(class_names))}
+        if class_colours:
+            metadata[CLASS_COLOURS_KEY] = json.dumps([list(c) for c in class_colours])
+        exported = export_student_onnx(model, input_spec, metadata)
         return cls(model=model, manifest=exported.manifest, model_id=model_id,
                    onnx_bytes=exported.model_bytes, class_names=tuple(class_names),
                    input_spec=input_spec)
@@ -50,7 +56,8 @@ def from_checkpoint(path: str | Path) -> StudentTemplate:
     from ams_ros.model.pretrain import load_student
 
     model, meta = load_student(path)
-    return StudentTemplate.from_model(model, meta.arch, meta.class_names, meta.input_spec)
+    return StudentTemplate.from_model(model, meta.arch, meta.class_names, meta.input_spec,
+                                      meta.class_colours)
 
 
 def load_template(student: str, class_names, input_size: tuple[int, int], seed: int,

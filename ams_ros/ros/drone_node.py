@@ -81,7 +81,6 @@ class DroneNode(Node):
         self._mask_resolution = p['mask_resolution']
         self._max_image_pixels = p['max_image_pixels']
         self._publish_colour = p['publish_color_mask']
-        self._colours = colour_table()
         self.counters = Counters()
         self._camera = CameraWatch(self.counters)
         self._agent_lock = threading.Lock()  # the agent's sampler and config
@@ -228,7 +227,8 @@ class DroneNode(Node):
             return None
         self.mask_pub.publish(array_to_image(mask, 'mono8', msg.header))
         if self._publish_colour:
-            self.colour_pub.publish(array_to_image(self._colours[mask], 'rgb8', msg.header))
+            colours = colour_table(self.agent.class_colours)  # the model's, else the world's
+            self.colour_pub.publish(array_to_image(colours[mask], 'rgb8', msg.header))
         self._count('frames_inferred')
         return stamp, rgb, msg.header.frame_id, msg.encoding
 

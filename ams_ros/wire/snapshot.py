@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ams_ros.model.manifest import ParameterManifest, vector_digest
-from ams_ros.model.onnx_params import InitializerWriter, check_initializers, read_vector
+from ams_ros.model.onnx_params import (
+    InitializerWriter,
+    check_initializers,
+    class_colours,
+    read_vector,
+)
 
 FORMAT_ONNX = 'onnx'
 # What a uint8[] field may arrive as; bytes() of anything else (an int) could allocate gigabytes.
@@ -76,6 +81,7 @@ class ModelInterface:
     class_names: tuple[str, ...]
     input_size: tuple[int, int]  # (height, width)
     normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    class_colours: tuple[tuple[int, int, int], ...] = ()  # from the model's metadata, if any
 
     def matches(self, other: ModelInterface) -> bool:
         """Whether both describe the same interface; an unknown normalisation matches any."""
@@ -94,7 +100,7 @@ def model_interface(model, manifest: ParameterManifest, class_names, input_size,
         inputs=tuple(_tensor_spec(v) for v in graph.input if v.name not in initializers),
         outputs=tuple(_tensor_spec(v) for v in graph.output),
         class_names=tuple(class_names), input_size=tuple(input_size),
-        normalisation=normalisation)
+        normalisation=normalisation, class_colours=class_colours(model))
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,14 @@ def is_held_out(seed: int) -> bool:
     return seed >= FIRST_HELD_OUT_SEED
 
 
-def colour_table() -> np.ndarray:
-    """Return class id -> RGB: PALETTE first, fixed colours after it, the ignore label black."""
+def colour_table(colours=None) -> np.ndarray:
+    """Return class id -> RGB: `colours` (default PALETTE) first, then fixed colours.
+
+    The ignore label is black.
+    """
+    colours = PALETTE if colours is None or not len(colours) else np.asarray(colours, np.uint8)
     lut = np.random.default_rng(0).integers(40, 256, (256, 3)).astype(np.uint8)
-    lut[:len(PALETTE)] = PALETTE
+    lut[:len(colours)] = colours
     lut[255] = 0  # IGNORE_LABEL
     return lut
 
