@@ -12,6 +12,7 @@ test does not depend on the packaged pretrained weights and trains in seconds.
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -24,9 +25,10 @@ from support.processes import Children, spin_until  # noqa: E402
 
 from ams_msgs.msg import EdgeStatus  # noqa: E402
 from ams_ros.evaluation.demo_report import STATUS_FIELDS, DemoMonitor  # noqa: E402
+from ams_ros.evaluation.side_by_side import SideBySideWriter  # noqa: E402
 from ams_ros.ros import bag  # noqa: E402
 from ams_ros.ros.image_conversion import array_to_image, image_to_array, image_to_rgb  # noqa
-from ams_ros.world import CLASS_NAMES  # noqa: E402
+from ams_ros.world import CLASS_NAMES, colour_table  # noqa: E402
 
 HEIGHT, WIDTH = 64, 128
 SEED, START = 1004, 500.0
@@ -139,7 +141,9 @@ def adapted_run(tmp_path_factory, adaptation_student, ros):
     from ams_ros.ros.demo import _baseline
 
     agent, baseline = _baseline(onnx)
-    monitor = DemoMonitor(CLASS_NAMES, baseline=baseline)
+    video = SideBySideWriter(folder / 'report' / 'side_by_side.mp4', colour_table(), 5.0,
+                             len(CLASS_NAMES))
+    monitor = DemoMonitor(CLASS_NAMES, baseline=baseline, video=video)
     subs = [
         ros.create_subscription(Image, '/camera/image_raw', lambda m: monitor.on_image(
             stamp_ns(m), image_to_rgb(m)), QoSProfile(depth=50,
@@ -195,6 +199,11 @@ def test_bag_into_drone_and_ground_adapts_and_beats_no_update(adapted_run):
     assert model['patches_rejected'] == 0
     assert summary['bandwidth']['bytes_up'] > 0 and summary['bandwidth']['bytes_down'] > 0
     assert summary['accuracy']['whole_run']['frames_compared'] >= 80, summary['monitor']
+    # The side-by-side video holds every compared frame.
+    compared = summary['accuracy']['whole_run']['frames_compared']
+    assert summary['video']['frames'] == compared
+    with av.open(str(children.folder / 'report' / 'side_by_side.mp4')) as container:
+        assert sum(1 for _ in container.decode(video=0)) == compared
     if not pretrained:
         pytest.skip('the accuracy comparison needs the packaged pretrained student '
                     '(ams_ros/data, made by ams_ros.model.pretrain)')

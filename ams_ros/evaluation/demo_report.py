@@ -6,7 +6,8 @@ label have both arrived (frames the drone skipped never do). Its accuracy is kep
 confusion matrix, so any stretch of the run can be pooled afterwards. For the same frames the
 no-update baseline, the pretrained student the drone started from, runs here on a worker thread
 (`baseline`: frame -> class ids); if it falls too far behind, frames are left out of the
-comparison (and counted) rather than piling up.
+comparison (and counted) rather than piling up. With a `video` (side_by_side.SideBySideWriter)
+the same worker also writes each compared frame into a side-by-side video.
 
     monitor = DemoMonitor(CLASS_NAMES, baseline=student.infer)
     monitor.on_image(stamp_ns, rgb); monitor.on_label(stamp_ns, label)
@@ -66,7 +67,7 @@ class DemoMonitor:
     def __init__(self, class_names: Sequence[str],
                  baseline: Callable[[np.ndarray], np.ndarray] | None = None,
                  window_s: float = 20.0, max_backlog: int = 300, pending_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, video=None):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.window_s = window_s
@@ -84,6 +85,7 @@ class DemoMonitor:
         self.counts = {'images': 0, 'labels': 0, 'masks': 0, 'masks_unmatched': 0,
                        'baseline_skipped': 0}
         self._baseline = baseline
+        self.video = video if baseline is not None else None  # it needs the baseline's masks
         self._queue: queue.Queue = queue.Queue()
         self._deadline: float | None = None
         self._worker = None
@@ -160,7 +162,7 @@ class DemoMonitor:
             if self._queue.qsize() >= self.max_backlog:
                 self.counts['baseline_skipped'] += 1
             else:
-                self._queue.put((stamp_ns, entry['rgb'], label))
+                self._queue.put((stamp_ns, entry['rgb'], label, mask, version))
 
     def _prune(self, newest_ns: int) -> None:
         """Forget frames and labels the drone never answered (it skips frames when busy)."""
@@ -174,7 +176,7 @@ class DemoMonitor:
             item = self._queue.get()
             if item is None:
                 return
-            stamp_ns, rgb, label = item
+            stamp_ns, rgb, label, mask, version = item
             if self._deadline is not None and time.monotonic() > self._deadline:
                 with self._lock:  # out of time at the end: left out of the comparison
                     self.counts['baseline_skipped'] += 1
@@ -183,9 +185,11 @@ class DemoMonitor:
                 prediction = resize_labels(self._baseline(rgb), *label.shape)
                 matrix = confusion_matrix(label, prediction, self.num_classes)
             except Exception:  # noqa: BLE001 - a failing baseline leaves the frame out
-                matrix = None
+                prediction = matrix = None
             with self._lock:
                 self._by_stamp[stamp_ns].baseline = matrix
+            if self.video is not None:
+                self.video.add(rgb, label, prediction, mask, version)
 
     def close(self, timeout: float = 60.0) -> None:
         """Let the baseline finish the frames it has (at most `timeout` seconds), then stop."""
@@ -195,6 +199,8 @@ class DemoMonitor:
         self._queue.put(None)
         self._worker.join(timeout + 10.0)
         self._worker = None
+        if self.video is not None:
+            self.video.close()
 
     # -- results ---------------------------------------------------------------------------
 
@@ -308,6 +314,8 @@ class DemoMonitor:
         folder.mkdir(parents=True, exist_ok=True)
         summary = self.summary()
         summary['plots'] = plot_report(summary, folder, self.window_s)
+        if self.video is not None and self.video.frames:
+            summary['video'] = {'file': self.video.path.name, 'frames': self.video.frames}
         (folder / 'summary.json').write_text(json.dumps(summary, indent=1))
         return summary
 
@@ -371,11 +379,11 @@ def plot_report(summary: dict, folder: Path, window_s: float = 20.0) -> list[str
             span = np.maximum(t - t[back], 1e-9)
             rate = np.where(t - t[back] > 0, (sent - sent[back]) * 8 / 1000 / span, 0.0)
             ax.plot(t, rate, label=label, color=colour)
+        ax.legend(loc='upper left')  # no status, no lines to name
     ax.set_xlabel('time since start (s)')
     ax.set_ylabel(f'kbit/s ({average_s:.0f} s mean)')
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(loc='upper left')
     bw = summary['bandwidth']
     ax.set_title(f"mean uplink {bw['kbps_up_mean']} kbps, downlink {bw['kbps_down_mean']} kbps")
     fig.tight_layout()

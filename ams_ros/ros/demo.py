@@ -17,6 +17,11 @@ and each node's log.
     ams demo --duration 60 --report out/    # shorter, report in out/
     ams demo --bag flight                   # replay a bag instead (labels topic for mIoU)
     ams demo --ground-param trainer.iterations:=20
+    ams demo --task person --video clip.mp4 --checkpoint student_person.pt
+                                            # your task on your clip (looped); the truth is the
+                                            # task's teacher, run here on the camera's frames
+
+The report also holds side_by_side.mp4: camera | teacher | no updates | adapting, per frame.
 """
 
 from __future__ import annotations
@@ -162,7 +167,7 @@ def student_files(checkpoint: Path, folder: Path) -> tuple[Path, Path]:
 class MonitorNode:
     """The demo's ROS side: subscriptions in the drone's namespace feeding a DemoMonitor."""
 
-    def __init__(self, monitor, namespace: str, with_images: bool):
+    def __init__(self, monitor, namespace: str, with_images: bool, labeller=None):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -182,8 +187,14 @@ class MonitorNode:
         def subscribe(msg_type, name, callback, qos=reliable):
             self.node.create_subscription(msg_type, _topic(namespace, name), callback, qos)
 
-        if with_images:  # for the baseline; best effort like the drone, deeper queue
-            subscribe(Image, IMAGE_TOPIC, lambda m: monitor.on_image(stamp(m), image_to_rgb(m)),
+        def on_image(msg):
+            rgb = image_to_rgb(msg)
+            monitor.on_image(stamp(msg), rgb)
+            if labeller is not None:  # no labels topic: the teacher's labels are the truth
+                monitor.on_label(stamp(msg), labeller(rgb))
+
+        if with_images or labeller is not None:  # best effort like the drone, deeper queue
+            subscribe(Image, IMAGE_TOPIC, on_image,
                       QoSProfile(depth=20, reliability=ReliabilityPolicy.BEST_EFFORT))
         subscribe(Image, LABELS_TOPIC, lambda m: monitor.on_label(stamp(m), image_to_array(m)))
         subscribe(Image, MASK_TOPIC, lambda m: monitor.on_mask(stamp(m), image_to_array(m)))
@@ -209,11 +220,11 @@ def start_ground_and_drone(procs: Processes, checkpoint: Path, onnx_path: Path, 
 
     params: extra parameters per node ('ground', 'drone'), applied last.
     """
+    teacher = {'teacher.kind': 'synthetic', 'teacher.seed': seed,
+               'teacher.start_s': float(start_time), 'teacher.duration_s': float(flight_s)}
     procs.start_node('ground', {
-        'student': str(checkpoint.resolve()), 'teacher.kind': 'synthetic',
-        'teacher.seed': seed, 'teacher.start_s': float(start_time),
-        'teacher.duration_s': float(flight_s), **params['ground']},
-        'ground_cpu.yaml', None)
+        'student': str(checkpoint.resolve()), **(params.get('task') or teacher),
+        **params['ground']}, 'ground_cpu.yaml', None)
     procs.start_node('drone', {'model_path': str(onnx_path.resolve()), 'ort.threads': 1,
                                **params['drone']}, 'drone.yaml', procs.namespace)
 
@@ -242,9 +253,10 @@ def run(args) -> int:
     from rclpy.signals import SignalHandlerOptions
 
     from ams_ros.evaluation.demo_report import DemoMonitor
+    from ams_ros.evaluation.side_by_side import SideBySideWriter
     from ams_ros.launcher import middleware_env
     from ams_ros.model.pretrain import SMALL_CHECKPOINT
-    from ams_ros.world import CLASS_NAMES
+    from ams_ros.world import CLASS_NAMES, colour_table
 
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     os.environ.update(middleware_env(False))  # the nodes' Fast DDS profile, here too
@@ -252,7 +264,15 @@ def run(args) -> int:
               for node in ('ground', 'drone', 'camera')}
     folder = Path(args.report or f'ams_demo_{datetime.now():%Y%m%d-%H%M%S}')
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint, onnx_path = student_files(Path(args.checkpoint or SMALL_CHECKPOINT), folder)
+    task = labeller = None
+    class_names, colours = CLASS_NAMES, colour_table()
+    if args.task:
+        task, task_file, checkpoint = demo_task(args, folder)
+        params['task'] = {'task': str(task_file)}
+        class_names, colours = task.class_names, colour_table(task.class_colours)
+        labeller = task_labeller(task)
+    checkpoint, onnx_path = student_files(
+        Path(checkpoint if task else args.checkpoint or SMALL_CHECKPOINT), folder)
     namespace = '/' + args.namespace.strip('/') if args.namespace.strip('/') else ''
 
     seed, start_time, duration = args.seed, args.start_time, args.duration
@@ -276,21 +296,32 @@ def run(args) -> int:
     agent = monitor = monitor_node = None
     source = f'bag {args.bag}' if args.bag else (
         f'synthetic camera {args.width}x{args.height} at {args.fps:g} fps')
-    print(f'ams demo: flight {seed}, {source}, {duration:.0f} s; report in {folder}',
-          flush=True)
+    if task:
+        source = f'task {task.name}, video {args.video} (looped)'
+    print(f'ams demo: {"" if task else f"flight {seed}, "}{source}, {duration:.0f} s; report '
+          f'in {folder}', flush=True)
     try:
         baseline = None
         if not args.no_baseline:
             agent, baseline = _baseline(onnx_path)
-        monitor = DemoMonitor(CLASS_NAMES, baseline=baseline, window_s=args.window)
-        monitor_node = MonitorNode(monitor, namespace, with_images=baseline is not None)
+        video = None if args.no_video else SideBySideWriter(
+            folder / 'side_by_side.mp4', colours, args.fps, len(class_names))
+        monitor = DemoMonitor(class_names, baseline=baseline, window_s=args.window,
+                              video=video)
+        monitor_node = MonitorNode(monitor, namespace, with_images=baseline is not None,
+                                   labeller=labeller)
         start_ground_and_drone(procs, checkpoint, onnx_path, seed, start_time, flight_s, params)
         print('starting the ground and the drone ...', flush=True)
-        cameras = 1 + (baseline is not None)
+        cameras = 1 + (baseline is not None or labeller is not None)  # the monitor listens
         why = wait_until_listening(monitor_node, procs, stop, cameras, args.startup_timeout)
         if why:
             return _failed(procs, why)
-        if args.bag:
+        if task:
+            procs.start_node('camera', {
+                'source': str(Path(args.video).resolve()), 'loop': True, 'fps': float(args.fps),
+                'width': 0, 'height': 0, 'wait_for_subscribers': cameras,
+                **params['camera']}, None, namespace)
+        elif args.bag:
             procs.start('bag_player', [
                 sys.executable, '-m', 'ams_ros.ros.bag', 'play', args.bag,
                 '--rate', str(args.rate), '--wait-for', '/' + IMAGE_TOPIC, '--remap',
@@ -334,6 +365,45 @@ def run(args) -> int:
     return 0
 
 
+def demo_task(args, folder: Path):
+    """Return (task, the task file the ground reads, student checkpoint) for --task.
+
+    The ground's copy names the checkpoint as the task's student and the teacher's files by
+    absolute path, so it can live in the report folder.
+    """
+    from ams_ros.task import TaskError, load_task
+
+    try:
+        task = load_task(args.task)
+    except TaskError as e:
+        raise SystemExit(f'ams demo: {e}') from e
+    if task.teacher['kind'] == 'synthetic':
+        raise SystemExit('ams demo: the synthetic task is the default demo: drop --task')
+    if not args.video:
+        raise SystemExit('ams demo: --task needs --video (the camera plays it, looped)')
+    checkpoint = args.checkpoint or task.student.get('path')
+    if not checkpoint:
+        raise SystemExit(f'ams demo: task {task.name!r} names no student checkpoint: make one '
+                         f'with `ams pretrain --task {args.task} --videos ...` and give '
+                         '--checkpoint')
+    data = yaml.safe_load(Path(task.source).read_text())
+    for key in ('path', 'weights'):
+        if key in task.teacher:
+            data['teacher'][key] = task.teacher[key]  # resolved: absolute
+    data['student'] = {'path': str(Path(checkpoint).resolve())}
+    task_file = folder / 'task.yaml'
+    task_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    return task, task_file, checkpoint
+
+
+def task_labeller(task):
+    """Return frame -> class ids by the task's teacher (the demo's truth on a video)."""
+    from ams_ros.ground.teachers import make_teacher
+
+    teacher = make_teacher(task.teacher)
+    return lambda rgb: teacher.label(rgb[None], [0.0])[0]
+
+
 def _failed(procs: Processes, why: str, monitor=None, folder=None) -> int:
     procs.stop()
     print(f'ams demo: {why}', file=sys.stderr)
@@ -370,7 +440,8 @@ def format_summary(summary: dict, folder: Path) -> str:
         f'  inference: {f(inf["fps_mean"], 1)} fps, latency p50 {f(inf["latency_p50_ms"], 1)} '
         f'ms, {inf["frames_inferred"]} of {inf["frames_received"]} frames',
         f'  report: {folder}/summary.json, ' + ', '.join(
-            f'{folder}/{p}' for p in summary.get('plots', [])),
+            f'{folder}/{p}' for p in summary.get('plots', [])
+            + ([summary['video']['file']] if 'video' in summary else [])),
     ])
 
 
@@ -385,10 +456,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument('--width', type=int, default=256)
     parser.add_argument('--height', type=int, default=128)
     parser.add_argument('--bag', help='replay this bag instead of the synthetic camera')
+    parser.add_argument('--task', help="a task file or shipped name: its teacher, classes and "
+                        'student (--checkpoint, or the task\'s) on --video')
+    parser.add_argument('--video', help='with --task: the clip the camera plays, looped')
     parser.add_argument('--rate', type=float, default=1.0, help='bag playback speed')
     parser.add_argument('--checkpoint', help='pretrained student .pt (default: the packaged '
                         'small student)')
     parser.add_argument('--report', help='report folder (default: ams_demo_<date-time>)')
+    parser.add_argument('--no-video', action='store_true',
+                        help='no side-by-side video (camera | teacher | no updates | adapting)')
     parser.add_argument('--no-baseline', action='store_true',
                         help='skip the no-update comparison (saves one core)')
     parser.add_argument('--window', type=float, default=20.0, help='live mIoU window (s)')
