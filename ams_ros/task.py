@@ -222,12 +222,13 @@ def _student(where: _Where, value, base: Path) -> dict:
         if 'arch' in value:
             raise where.error('student', 'give arch (a built-in student) or path, not both')
         return {'path': str(resolve_path(where, 'student.path', value['path'], base))}
-    from ams_ros.model.student import STUDENT_ARCHS
+    from ams_ros.model.student import check_arch
 
     arch = value.get('arch')
-    if arch not in STUDENT_ARCHS:
-        raise where.error('student.arch', f'expected one of {sorted(STUDENT_ARCHS)}, '
-                          f'got {arch!r}')
+    try:
+        check_arch(str(arch))
+    except ValueError as e:
+        raise where.error('student.arch', str(e)) from e
     return {'arch': arch, 'input_size': _size(where, 'student.input_size',
                                               value.get('input_size'))}
 

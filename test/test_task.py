@@ -76,7 +76,8 @@ def test_class_maps_are_many_to_one_with_a_named_fill(tmp_path):
     (lambda d: d['teacher'].update(output={'kind': 'softmax'}),
      r'teacher: output.kind: expected one of'),
     (lambda d: d['teacher'].update(input={'scale': 'percent'}), 'teacher: input.scale'),
-    (lambda d: d['student'].update(arch='resnet'), 'student.arch: expected one of'),
+    (lambda d: d['student'].update(arch='resnet'), 'student.arch: unknown student arch'),
+    (lambda d: d['student'].update(arch='no_such_module:make'), 'student.arch: student factory'),
     (lambda d: d['student'].update(input_size=[64]), 'student.input_size: expected'),
     (lambda d: d.update(colours=[]), r"unknown keys \['colours'\]"),
 ])

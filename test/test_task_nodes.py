@@ -1,7 +1,8 @@
 """A task file drives the nodes, as separate processes over real Fast DDS.
 
-The ground runs the person task (its TFLite teacher, a student distilled here); the drone starts
-from the student's .onnx file alone.
+The ground runs the person task with its TFLite teacher and a user's own PyTorch student (a
+factory, `support.factory_student:tiny`) distilled here; the drone starts from the student's
+.onnx file alone.
 """
 
 import time
@@ -38,8 +39,9 @@ def person_system(tmp_path_factory):
     task = load_task('person')
     clip = person_clip(tmp_path / 'clip.mp4', frames=20)
     student = tmp_path / 'student.pt'
-    distil(DistillConfig(videos=(clip,), height=SIZE[0], width=SIZE[1], steps=10,
-                         batch_size=4, warmup_steps=2), task, make_teacher(task.teacher),
+    distil(DistillConfig(videos=(clip,), arch='support.factory_student:tiny', height=SIZE[0],
+                         width=SIZE[1], steps=10, batch_size=4, warmup_steps=2), task,
+           make_teacher(task.teacher),
            student, log=lambda _: None, cache=tmp_path / 'labels', progress=False)
     task_file = tmp_path / 'my_person.yaml'
     data = yaml.safe_load(open(task.source))

@@ -40,7 +40,7 @@ from ams_ros.model.pretrain import (
     predict,
     save_student,
 )
-from ams_ros.model.student import STUDENT_ARCHS, InputSpec, build_student, pixel_normalisation
+from ams_ros.model.student import InputSpec, build_student, check_arch, pixel_normalisation
 from ams_ros.pixels import resize_frame, resize_labels
 from ams_ros.task import Task
 
@@ -70,8 +70,7 @@ class DistillConfig:
     checkpoint_every_s: float = 300.0
 
     def __post_init__(self):
-        if self.arch not in STUDENT_ARCHS:
-            raise ValueError(f'unknown arch {self.arch!r}; known: {sorted(STUDENT_ARCHS)}')
+        check_arch(self.arch)
         if not self.videos and not self.images:
             raise ValueError('give --videos and/or --images to distil over')
         if not 0.0 <= self.holdout < 1.0:

@@ -58,7 +58,13 @@ import torch
 import torch.nn.functional as F
 
 from ams_ros.metrics import MiouAccumulator
-from ams_ros.model.student import STUDENT_ARCHS, InputSpec, build_student, pixel_normalisation
+from ams_ros.model.student import (
+    STUDENT_ARCHS,
+    InputSpec,
+    build_student,
+    check_arch,
+    pixel_normalisation,
+)
 from ams_ros.world import CLASS_NAMES, FIRST_HELD_OUT_SEED, NUM_CLASSES, AerialVideo
 
 FORMAT = 'ams-student-checkpoint/1'
@@ -96,8 +102,7 @@ class PretrainConfig:
     init: str | None = None  # start from this checkpoint's weights (same arch) instead
 
     def __post_init__(self):
-        if self.arch not in STUDENT_ARCHS:
-            raise ValueError(f'unknown arch {self.arch!r}; known: {sorted(STUDENT_ARCHS)}')
+        check_arch(self.arch)
         first, stop = self.seeds
         if not 0 <= first < stop <= FIRST_HELD_OUT_SEED:
             raise ValueError(f'pretraining seeds must lie in [0, {FIRST_HELD_OUT_SEED}): '

@@ -12,6 +12,11 @@ frames, so batch statistics are poor estimates; and running statistics are buffe
 parameters, so they are not in the parameter manifest and patches never carry them. Updating them
 on the ground would make the ground's mirror of the edge model silently diverge from the edge.
 Pretraining (large, varied batches) uses ordinary training mode.
+
+A user's own PyTorch student is named by its factory, ``package.module:function``: called with
+the number of classes, it returns an nn.Module that takes normalised NCHW float frames and gives
+class logits (N, C, h, w); logits at a lower resolution are upsampled bilinearly to the input
+(`FactoryStudent`). Everything else (training, export, patches) treats it like the built-in one.
 """
 
 from __future__ import annotations
@@ -179,11 +184,60 @@ class DeepLabV3(nn.Module):
         return F.interpolate(logits, size=x.shape[2:], mode='bilinear', align_corners=False)
 
 
-def build_student(arch: str, num_classes: int) -> DeepLabV3:
-    """Build a freshly initialised student of a registered architecture."""
+def build_student(arch: str, num_classes: int) -> nn.Module:
+    """Build a freshly initialised student: a registered architecture or a factory's."""
+    if is_factory(arch):
+        return FactoryStudent(student_factory(arch)(num_classes))
     if arch not in STUDENT_ARCHS:
-        raise ValueError(f'unknown student arch {arch!r}; known: {sorted(STUDENT_ARCHS)}')
+        raise ValueError(f'unknown student arch {arch!r}; known: {sorted(STUDENT_ARCHS)} or '
+                         "a factory 'package.module:function'")
     return DeepLabV3(STUDENT_ARCHS[arch], num_classes)
+
+
+def is_factory(arch: str) -> bool:
+    return ':' in arch
+
+
+def check_arch(arch: str) -> None:
+    """ValueError, saying why, unless `arch` names a built-in student or an importable factory."""
+    if is_factory(arch):
+        student_factory(arch)
+    elif arch not in STUDENT_ARCHS:
+        raise ValueError(f'unknown student arch {arch!r}; known: {sorted(STUDENT_ARCHS)} or '
+                         "a factory 'package.module:function'")
+
+
+def student_factory(arch: str):
+    """Return the callable `package.module:function` names (ValueError if there is none)."""
+    import importlib
+
+    module_name, _, function = arch.partition(':')
+    try:
+        factory = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f'student factory {arch!r}: {type(e).__name__}: {e}') from e
+    if not callable(factory):
+        raise ValueError(f'student factory {arch!r} is not callable')
+    return factory
+
+
+class FactoryStudent(nn.Module):
+    """A user's module, its logits brought to the input's resolution."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ValueError(f'a student factory must return an nn.Module, not '
+                             f'{type(model).__name__}')
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        # An export traces one size: keep the resize in the graph (at equal sizes, a no-op).
+        if torch.jit.is_tracing() or logits.shape[2:] != x.shape[2:]:
+            logits = F.interpolate(logits, size=x.shape[2:], mode='bilinear',
+                                   align_corners=False)
+        return logits
 
 
 def freeze_batchnorm_statistics(model: nn.Module) -> nn.Module:

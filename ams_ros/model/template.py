@@ -68,9 +68,9 @@ def load_template(student: str, class_names, input_size: tuple[int, int], seed: 
     """
     import torch
 
-    from ams_ros.model.student import STUDENT_ARCHS, InputSpec, build_student
+    from ams_ros.model.student import STUDENT_ARCHS, InputSpec, build_student, is_factory
 
-    if student in STUDENT_ARCHS:
+    if student in STUDENT_ARCHS or is_factory(student):
         if not class_names:
             raise TemplateError('class_names must not be empty for a fresh student')
         torch.manual_seed(seed)
