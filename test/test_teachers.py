@@ -367,3 +367,26 @@ def _export(module: nn.Module, path, shape) -> str:
 def test_bad_conventions_name_the_field(float_onnx, frames, spec, match):
     with pytest.raises(ValueError, match=match):
         make_teacher({'kind': 'onnx', 'path': str(float_onnx), **spec}).label(frames, STAMPS)
+
+
+class _RedIsForeground(nn.Module):
+    """NHWC [0, 1] frames in; NHWC foreground probability out (red above one half)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(20.0 * (x[..., :1] - 0.5))
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:DeprecationWarning')
+def test_a_torchscript_teacher_reads_nhwc_and_a_foreground_channel(tmp_path):
+    path = tmp_path / 'red.pt'
+    torch.jit.script(_RedIsForeground()).save(str(path))
+    teacher = make_teacher({'kind': 'torchscript', 'path': str(path), 'device': 'cpu',
+                            'input': {'layout': 'NHWC', 'scale': 'unit'},
+                            'output': {'kind': 'foreground', 'layout': 'NHWC'},
+                            'class_map': [0, 3]})
+    frames = np.zeros((2, 16, 32, 3), np.uint8)
+    frames[0, :, :12, 0] = 255  # red on the left of the first frame only
+    labels = teacher.label(frames, [0.0, 1.0])
+    want = np.zeros((2, 16, 32), np.uint8)
+    want[0, :, :12] = 3  # teacher class 1 is task class 3
+    np.testing.assert_array_equal(labels, want)

@@ -13,7 +13,8 @@ Model teachers come from local files only (nothing is downloaded):
   channel). A uint8 input is fed the pixels as they are; a float one defaults to ImageNet's
   normalisation.
 - ``TorchTeacher``: a TorchScript file, or a torchvision segmentation model built without weights
-  and loaded from a state-dict file (only where torchvision imports); logits out.
+  and loaded from a state-dict file (only where torchvision imports), read by the same
+  conventions (float input).
 
 A class map translates the teacher's classes into the student's; unmapped classes become
 IGNORE_LABEL. ``make_teacher`` builds any of them, and the synthetic world's perfect teacher,
@@ -272,18 +273,23 @@ def select_torch_device(device: str = 'auto') -> str:
 
 
 class TorchTeacher:
-    """A torch segmentation module: normalised float NCHW in; logits (N, C, h, w) out.
+    """A torch segmentation module: float frames in (NCHW unless `input` says otherwise).
 
-    The output may also be a dict with 'out' (torchvision's models) or a tuple whose first
-    element is the logits.
+    The output may be a tensor, a dict with 'out' (torchvision's models) or a tuple whose first
+    element is the answer; `output` says what it holds (conventions.OutputConvention). Logits
+    are upsampled and argmaxed on the device; other kinds are read on the CPU.
     """
 
     def __init__(self, module, device: str = 'auto', input: Mapping | None = None,
-                 class_map=None, batch_size: int = 4, normalization=None, input_size=None):
+                 output='logits', class_map=None, batch_size: int = 4, normalization=None,
+                 input_size=None):
         self.device = select_torch_device(device)
         self.module = module.to(self.device).eval()
-        self.input = fitted_input(input_spec(input, normalization, input_size),
-                                  ['N', 3, 'H', 'W'], np.float32)
+        spec = input_spec(input, normalization, input_size)
+        layout = spec.get('layout') or 'NCHW'
+        shape = ['N', 3, 'H', 'W'] if layout == 'NCHW' else ['N', 'H', 'W', 3]
+        self.input = fitted_input(dict(spec, layout=layout), shape, np.float32)
+        self.output = conventions.output_convention(output)
         self.table = None if class_map is None else class_lookup(class_map)
         self.batch_size = batch_size
 
@@ -329,12 +335,15 @@ class TorchTeacher:
         x = torch.from_numpy(self.input.prepare(frames)).to(self.device)
         with torch.inference_mode():
             out = self.module(x)
-            logits = out['out'] if isinstance(out, Mapping) else out
-            logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-            if logits.shape[2:] != (height, width):
-                logits = F.interpolate(logits, size=(height, width), mode='bilinear',
-                                       align_corners=False)
-            ids = logits.argmax(dim=1).cpu().numpy()
+            out = out['out'] if isinstance(out, Mapping) else out
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if self.output.kind != 'logits' or self.output.layout == 'NHWC':
+                return to_student_ids(self.output.to_ids(out.float().cpu().numpy(), height,
+                                                         width), self.table)
+            if out.shape[2:] != (height, width):
+                out = F.interpolate(out, size=(height, width), mode='bilinear',
+                                    align_corners=False)
+            ids = out.argmax(dim=1).cpu().numpy()
         return to_student_ids(ids, self.table)
 
 
@@ -366,7 +375,8 @@ def _torchscript(path: str, **kwargs) -> TorchTeacher:
     return TorchTeacher.from_torchscript(path, **kwargs)
 
 
-_TORCH_OPTIONS = ('device', 'input', 'class_map', 'batch_size', 'normalization', 'input_size')
+_TORCH_OPTIONS = ('device', 'input', 'output', 'class_map', 'batch_size', 'normalization',
+                  'input_size')
 
 # kind -> (builder, the options its config may give beside 'kind')
 TEACHER_KINDS: dict[str, tuple[Callable[..., Teacher], tuple[str, ...]]] = {
