@@ -115,3 +115,22 @@ def test_a_stopped_run_resumes_where_it_was(clips, tmp_path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert 'resuming from step' in second.stdout
     assert from_checkpoint(out).class_names == ('background', 'person')
+
+
+def test_an_image_folder_of_mixed_sizes_is_distilled_too(tmp_path):
+    import cv2
+    from test_teachers import head_and_shoulders
+
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    for i, (h, w) in enumerate([(96, 128), (120, 160), (64, 64)]):
+        cv2.imwrite(str(folder / f'{i}.png'), head_and_shoulders(h, w)[..., ::-1])
+    (folder / 'notes.txt').write_text('not an image')
+    task = load_task('person')
+    teacher = CountingTeacher(make_teacher(task.teacher))
+    _, meta = distil(DistillConfig(images=str(folder), height=48, width=64, steps=2,
+                                   batch_size=2, holdout=0.0), task, teacher,
+                     tmp_path / 's.pt', log=lambda _: None, cache=tmp_path / 'labels',
+                     progress=False)
+    assert teacher.frames == 3 and meta.pretrain['train_frames'] == 3
+    assert meta.pretrain['evaluation'] == {}  # nothing held out
