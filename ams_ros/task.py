@@ -216,12 +216,25 @@ def _class_map(where: _Where, classes, unmapped, names: list[str]) -> list[int]:
 
 def _student(where: _Where, value, base: Path) -> dict:
     if not isinstance(value, Mapping):
-        raise where.error('student', 'expected a mapping: {arch, input_size} or {path}')
-    where.known('student', value, ('arch', 'input_size', 'path'))
+        raise where.error('student', 'expected a mapping: {arch, input_size}, {path} or {onnx}')
+    where.known('student', value, ('arch', 'input_size', 'path', 'onnx', 'input', 'output'))
+    kinds = [k for k in ('arch', 'path', 'onnx') if k in value]
+    if len(kinds) != 1:
+        raise where.error('student', f'give one of arch (a built-in or factory student), path '
+                          f'(a checkpoint) or onnx (your model file), not {kinds or "none"}')
     if 'path' in value:
-        if 'arch' in value:
-            raise where.error('student', 'give arch (a built-in student) or path, not both')
         return {'path': str(resolve_path(where, 'student.path', value['path'], base))}
+    if 'onnx' in value:
+        spec = {'onnx': str(resolve_path(where, 'student.onnx', value['onnx'], base)),
+                'input': dict(value.get('input') or {}), 'output': value.get('output', 'logits')}
+        if 'input_size' in value:
+            spec['input']['size'] = _size(where, 'student.input_size', value['input_size'])
+        try:
+            conventions.input_convention(spec['input'])
+            conventions.output_convention(spec['output'])
+        except conventions.ConventionError as e:
+            raise where.error('student', str(e)) from e
+        return spec
     from ams_ros.model.student import check_arch
 
     arch = value.get('arch')

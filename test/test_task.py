@@ -80,6 +80,10 @@ def test_class_maps_are_many_to_one_with_a_named_fill(tmp_path):
     (lambda d: d['student'].update(arch='no_such_module:make'), 'student.arch: student factory'),
     (lambda d: d['student'].update(input_size=[64]), 'student.input_size: expected'),
     (lambda d: d.update(colours=[]), r"unknown keys \['colours'\]"),
+    (lambda d: d['student'].update(onnx='teacher.onnx'), 'student: give one of arch'),
+    (lambda d: d.update(student={'onnx': 'teacher.onnx', 'output': 'scores'}),
+     'student: output.kind: expected one of'),
+    (lambda d: d.update(student={'onnx': 'missing.onnx'}), 'student.onnx: no such file'),
 ])
 def test_errors_name_the_file_and_the_field(tmp_path, change, match):
     data = base(tmp_path)

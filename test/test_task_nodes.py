@@ -1,13 +1,14 @@
 """A task file drives the nodes, as separate processes over real Fast DDS.
 
-The ground runs the person task with its TFLite teacher and a user's own PyTorch student (a
-factory, `support.factory_student:tiny`) distilled here; the drone starts from the student's
-.onnx file alone.
+The ground runs the person task with its TFLite teacher and a user's own student: a PyTorch
+factory (`support.factory_student:tiny`) distilled here, or an ONNX file exported here as a user
+would. The drone starts from the drone model file `ams pretrain --task` writes, alone.
 """
 
 import time
 
 import numpy as np
+import onnx
 import pytest
 import yaml
 
@@ -19,12 +20,14 @@ from sensor_msgs.msg import Image  # noqa: E402
 from support.processes import spin_until  # noqa: E402
 from test_evaluation import person_clip  # noqa: E402
 from test_nodes import RELIABLE, logs, observed, params, start  # noqa: E402
+from test_onnx_student import CONVENTIONS, export  # noqa: E402
 from test_teachers import head_and_shoulders  # noqa: E402
 
 import ams_msgs.msg as M  # noqa: E402
+from ams_ros.cli import main as ams_main  # noqa: E402
 from ams_ros.ground.teachers import make_teacher  # noqa: E402
 from ams_ros.model.distill import DistillConfig, distil  # noqa: E402
-from ams_ros.model.template import from_checkpoint  # noqa: E402
+from ams_ros.model.onnx_params import MODEL_ID_KEY, model_metadata  # noqa: E402
 from ams_ros.ros import conversions as conv  # noqa: E402
 from ams_ros.ros.image_conversion import array_to_image  # noqa: E402
 from ams_ros.task import load_task  # noqa: E402
@@ -32,21 +35,39 @@ from ams_ros.task import load_task  # noqa: E402
 SIZE = (48, 64)  # the student's input
 
 
-@pytest.fixture(scope='module')
-def person_system(tmp_path_factory):
+def factory_student(tmp_path, task) -> dict:
+    """Distil the task's teacher into a factory student; return the task file's student."""
+    clip = person_clip(tmp_path / 'clip.mp4', frames=20)
+    distil(DistillConfig(videos=(clip,), arch='support.factory_student:tiny', height=SIZE[0],
+                         width=SIZE[1], steps=10, batch_size=4, warmup_steps=2), task,
+           make_teacher(task.teacher), tmp_path / 'student.pt', log=lambda _: None,
+           cache=tmp_path / 'labels', progress=False)
+    return {'path': 'student.pt'}  # relative to the task file
+
+
+def onnx_student(tmp_path, task) -> dict:
+    """Export a foreground segmenter to ONNX, as a user would; return the task file's student."""
+    export(tmp_path, 'net', CONVENTIONS['nchw-foreground'][0])
+    return {'onnx': 'net.onnx', 'input': {'scale': 'unit'}, 'output': {'kind': 'foreground'}}
+
+
+@pytest.fixture(scope='module', params=['factory', 'onnx'])
+def person_system(tmp_path_factory, request):
     tmp_path = tmp_path_factory.mktemp('task')
     torch.set_num_threads(1)
     task = load_task('person')
-    clip = person_clip(tmp_path / 'clip.mp4', frames=20)
-    student = tmp_path / 'student.pt'
-    distil(DistillConfig(videos=(clip,), arch='support.factory_student:tiny', height=SIZE[0],
-                         width=SIZE[1], steps=10, batch_size=4, warmup_steps=2), task,
-           make_teacher(task.teacher),
-           student, log=lambda _: None, cache=tmp_path / 'labels', progress=False)
-    task_file = tmp_path / 'my_person.yaml'
     data = yaml.safe_load(open(task.source))
-    data['student'] = {'path': 'student.pt'}  # relative to the task file
+    make = factory_student if request.param == 'factory' else onnx_student
+    data['student'] = make(tmp_path, task)
+    task_file = tmp_path / 'my_person.yaml'
     task_file.write_text(yaml.safe_dump(data))
+    # The drone's file, as `ams pretrain --task` writes it (distilled, or the ONNX wrapped).
+    drone_file = tmp_path / 'drone.onnx'
+    if request.param == 'factory':
+        drone_file.write_bytes((tmp_path / 'student.onnx').read_bytes())
+    else:
+        assert ams_main(['pretrain', '--task', str(task_file), '--out', str(drone_file)]) == 0
+    model_id = drone_model_id(drone_file)
     processes = {
         'ground': start('ams_ros.ros.ground_node', tmp_path, 'ground', *params(
             task=task_file, device='cpu', torch_threads=1, client_ids='[p1]',
@@ -54,10 +75,15 @@ def person_system(tmp_path_factory):
             trainer__batch_size=2, trainer__channels_last=False, atr__period_min=2.0,
             asr__interval=2.0)),
         'p1': start('ams_ros.ros.drone_node', tmp_path, 'p1', '-r', '__ns:=/p1', *params(
-            model_path=student.with_suffix('.onnx'), status_period=0.5)),
+            model_path=drone_file, status_period=0.5)),
     }
     for node, processes_ in observed(processes, 'ams_task_test'):
-        yield node, processes_, from_checkpoint(student).model_id
+        yield node, processes_, model_id
+
+
+def drone_model_id(path) -> str:
+    """Return the model id in a drone model file's metadata."""
+    return model_metadata(onnx.load(str(path)))[MODEL_ID_KEY]
 
 
 def person_frame(t: float):

@@ -315,9 +315,17 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
         from ams_ros.model.pretrain import packaged_student
 
         checkpoint = args.student or packaged_student(profile.student, log, args.device)
-    images = calibration_frames(sources[0], size) if real and checkpoint is None else None
-    template, student = evaluation_student(checkpoint, args.arch, size, args.seed, log,
-                                           task.class_names if task else None, images)
+    if real and args.student is None and 'onnx' in task.student:  # the user's own model file
+        from ams_ros.model.onnx_student import onnx_template
+
+        s = task.student
+        template = onnx_template(s['onnx'], s['input'], s['output'], task.class_names,
+                                 task.class_colours)
+        student = {'kind': 'onnx', 'path': s['onnx']}
+    else:
+        images = calibration_frames(sources[0], size) if real and checkpoint is None else None
+        template, student = evaluation_student(checkpoint, args.arch, size, args.seed, log,
+                                               task.class_names if task else None, images)
     spec = template.input_spec
     frame_size = args.frame_size or (spec.height, spec.width)
     ground, drone = base_configs(args)
