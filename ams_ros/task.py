@@ -217,18 +217,24 @@ def _class_map(where: _Where, classes, unmapped, names: list[str]) -> list[int]:
 def _student(where: _Where, value, base: Path) -> dict:
     if not isinstance(value, Mapping):
         raise where.error('student', 'expected a mapping: {arch, input_size}, {path} or {onnx}')
-    where.known('student', value, ('arch', 'input_size', 'path', 'onnx', 'input', 'output'))
-    kinds = [k for k in ('arch', 'path', 'onnx') if k in value]
+    where.known('student', value, ('arch', 'input_size', 'path', 'onnx', 'torchscript', 'input',
+                                   'output'))
+    kinds = [k for k in ('arch', 'path', 'onnx', 'torchscript') if k in value]
     if len(kinds) != 1:
         raise where.error('student', f'give one of arch (a built-in or factory student), path '
-                          f'(a checkpoint) or onnx (your model file), not {kinds or "none"}')
+                          f'(a checkpoint), onnx or torchscript (your model file), not '
+                          f'{kinds or "none"}')
     if 'path' in value:
         return {'path': str(resolve_path(where, 'student.path', value['path'], base))}
-    if 'onnx' in value:
-        spec = {'onnx': str(resolve_path(where, 'student.onnx', value['onnx'], base)),
+    if kinds[0] in ('onnx', 'torchscript'):
+        kind = kinds[0]
+        spec = {kind: str(resolve_path(where, f'student.{kind}', value[kind], base)),
                 'input': dict(value.get('input') or {}), 'output': value.get('output', 'logits')}
         if 'input_size' in value:
             spec['input']['size'] = _size(where, 'student.input_size', value['input_size'])
+        elif kind == 'torchscript':
+            raise where.error('student.input_size', 'a TorchScript student needs its input '
+                              'size: [height, width]')
         try:
             conventions.input_convention(spec['input'])
             conventions.output_convention(spec['output'])

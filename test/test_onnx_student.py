@@ -175,3 +175,24 @@ def test_ams_eval_runs_a_task_whose_student_is_an_onnx_file(tmp_path):
     assert results['meta']['student'] == {'kind': 'onnx', 'path': str(tmp_path / 'net.onnx')}
     assert results['meta']['input_size'] == [HEIGHT, WIDTH]
     assert results['results'][0]['updates']  # patches were written into the user's graph
+
+
+def test_a_torchscript_student_is_exported_and_trained_as_its_graph(tmp_path):
+    from ams_ros.model.onnx_student import task_student_template
+
+    torch.manual_seed(0)
+    net = Net(out='foreground').eval()
+    path = tmp_path / 'student.pt'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.jit.trace(net, torch.zeros(1, 3, HEIGHT, WIDTH)).save(str(path))
+    template = task_student_template(
+        {'torchscript': str(path), 'input': {'scale': 'unit', 'size': (HEIGHT, WIDTH)},
+         'output': {'kind': 'foreground'}}, ('background', 'person'))
+    frame = head_and_shoulders(HEIGHT, WIDTH)
+    logits, labels, scores = edge_and_torch(template, template.onnx_bytes, frame)
+    np.testing.assert_allclose(np.log(np.maximum(logits, 1e-6)), scores[:, 1:], atol=1e-3)
+    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():  # the scripted module itself, as the user wrote it
+        np.testing.assert_allclose(logits, net(x).numpy(), atol=1e-4)
+    assert (labels == scores.argmax(1)).all()

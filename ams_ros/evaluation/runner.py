@@ -315,13 +315,12 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
         from ams_ros.model.pretrain import packaged_student
 
         checkpoint = args.student or packaged_student(profile.student, log, args.device)
-    if real and args.student is None and 'onnx' in task.student:  # the user's own model file
-        from ams_ros.model.onnx_student import onnx_template
+    if real and args.student is None and 'input' in task.student:  # the user's own file
+        from ams_ros.model.onnx_student import task_student_template
 
-        s = task.student
-        template = onnx_template(s['onnx'], s['input'], s['output'], task.class_names,
-                                 task.class_colours)
-        student = {'kind': 'onnx', 'path': s['onnx']}
+        template = task_student_template(task.student, task.class_names, task.class_colours)
+        kind = 'onnx' if 'onnx' in task.student else 'torchscript'
+        student = {'kind': kind, 'path': task.student[kind]}
     else:
         images = calibration_frames(sources[0], size) if real and checkpoint is None else None
         template, student = evaluation_student(checkpoint, args.arch, size, args.seed, log,

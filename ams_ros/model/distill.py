@@ -332,15 +332,15 @@ def run_distillation(args, log: Callable[[str], None] = print) -> int:
     task = load_task(args.task)
     if task.teacher['kind'] == 'synthetic':
         raise SystemExit('the synthetic task pretrains on rendered flights: drop --task')
-    if 'onnx' in task.student:  # the user's own model: nothing to distil, only to wrap
-        from ams_ros.model.onnx_student import onnx_template
+    if 'input' in task.student:  # the user's own model file: nothing to distil, only to wrap
+        from ams_ros.model.onnx_student import task_student_template
 
-        s = task.student
         out = Path(args.out or f'student_{task.name}.onnx').with_suffix('.onnx')
-        out.write_bytes(onnx_template(s['onnx'], s['input'], s['output'], task.class_names,
-                                      task.class_colours).onnx_bytes)
-        log(f"the task's student is your ONNX file: nothing to distil; wrote the drone's model "
-            f'{out} (your graph with its pixel convention, argmax/threshold and AMS metadata)')
+        out.write_bytes(task_student_template(task.student, task.class_names,
+                                              task.class_colours).onnx_bytes)
+        log(f"the task's student is your own model file: nothing to distil; wrote the drone's "
+            f'model {out} (your graph with its pixel convention, argmax/threshold and AMS '
+            'metadata)')
         return 0
     own = task.student if 'arch' in task.student else {}
     height, width = own.get('input_size', (DistillConfig.height, DistillConfig.width))

@@ -426,18 +426,53 @@ def _channels(model: onnx.ModelProto, output: str, convention: OutputConvention)
     return dims[3] if last else dims[1]
 
 
-def onnx_template(path, input, output, class_names, class_colours=()):
+def task_student_template(student: dict, class_names, class_colours=()):
+    """Return the StudentTemplate of a task's own-file student ({'onnx'} or {'torchscript'}).
+
+    A TorchScript student is exported to ONNX at its declared input size first (the legacy
+    exporter takes scripted and traced modules), then handled as an ONNX one.
+    """
+    source = student.get('onnx')
+    if source is None:
+        source = torchscript_to_onnx(student['torchscript'],
+                                     conventions.input_convention(student['input']))
+    return onnx_template(source, student['input'], student['output'], class_names,
+                         class_colours, name=Path(student.get('onnx') or
+                                                  student['torchscript']).name)
+
+
+def torchscript_to_onnx(path, input: InputConvention) -> onnx.ModelProto:
+    """Export a TorchScript student to ONNX at the input convention's size and layout."""
+    import io
+    import warnings
+
+    if input.size is None:
+        raise OnnxStudentError('a TorchScript student needs its input_size')
+    shape = (1, 3, *input.size) if (input.layout or 'NCHW') == 'NCHW' else (1, *input.size, 3)
+    dtype = torch.uint8 if input.scale == 'uint8' else torch.float32
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript and its exporter are deprecated, but still what many models ship as.
+        warnings.simplefilter('ignore', DeprecationWarning)
+        warnings.filterwarnings('ignore', 'no signature found', UserWarning)  # scripted: fine
+        module = torch.jit.load(str(path), map_location='cpu').eval()
+        torch.onnx.export(module, (torch.zeros(shape, dtype=dtype),), buffer, dynamo=False,
+                          opset_version=17, input_names=['x'], output_names=['y'])
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def onnx_template(source, input, output, class_names, class_colours=(), name: str = ''):
     """Return the StudentTemplate of a user's ONNX student (input/output: convention configs).
 
-    The trainer feeds it [0, 1] RGB (its InputSpec: mean 0, std 1); the drone runs
-    `edge_graph`, whose weights a vector writes directly.
+    source: the file, or a loaded model. The trainer feeds it [0, 1] RGB (its InputSpec: mean
+    0, std 1); the drone runs `edge_graph`, whose weights a vector writes directly.
     """
     from ams_ros.model.student import InputSpec
     from ams_ros.model.template import StudentTemplate
 
     output = conventions.output_convention(output)
-    model, student, fitted, size = load_onnx_student(path, conventions.input_convention(input),
-                                                     output)
+    model, student, fitted, size = load_onnx_student(source,
+                                                     conventions.input_convention(input), output)
     if model.opset_import and max(o.version for o in model.opset_import
                                   if o.domain in ('', 'ai.onnx')) < 13:
         raise OnnxStudentError('export the student at ONNX opset 13 or later')
@@ -447,7 +482,7 @@ def onnx_template(path, input, output, class_names, class_colours=()):
     names = {name: f'graph.weights.{key}' for name, key in graph.keys.items()
              if key in graph.weights}
     edge = edge_graph(model, names, fitted, output, size)
-    model_id = manifest.model_id(f'onnx:{Path(path).name}')
+    model_id = manifest.model_id(f'onnx:{name or Path(str(source)).name}')
     metadata = {MANIFEST_KEY: manifest.to_json(), MODEL_ID_KEY: model_id,
                 CLASS_NAMES_KEY: json.dumps(list(class_names))}
     if class_colours:
@@ -461,10 +496,10 @@ def onnx_template(path, input, output, class_names, class_colours=()):
                                                 std=(1.0, 1.0, 1.0)))
 
 
-def load_onnx_student(path, input: InputConvention, output: OutputConvention
+def load_onnx_student(source, input: InputConvention, output: OutputConvention
                       ) -> tuple[onnx.ModelProto, OnnxStudent, InputConvention, tuple[int, int]]:
-    """Read the user's file; return (model, its torch student, the fitted input, (H, W))."""
-    model = onnx.load(str(path))
+    """Read the user's model; return (model, its torch student, the fitted input, (H, W))."""
+    model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:

@@ -178,9 +178,9 @@ def with_task(p: dict) -> dict:
     p = dict(p, class_names=list(task.class_names))
     if task.teacher['kind'] != 'synthetic':
         p['task.teacher'] = task.teacher
-    if 'onnx' in task.student:
+    if 'input' in task.student:  # the user's own ONNX or TorchScript file
         p['task.student'] = dict(task.student, class_colours=task.class_colours)
-        p['student'] = task.student['onnx']
+        p['student'] = task.student.get('onnx') or task.student['torchscript']
     elif 'path' in task.student:
         p['student'] = task.student['path']
     else:
@@ -254,12 +254,11 @@ def ground_engine(p: dict, warn: Callable[[str], None]) -> GroundEngine:
         teacher = make_teacher(p.get('task.teacher') or teacher_spec(p, device))
 
         def load():
-            if 'task.student' in p:  # the user's ONNX file
-                from ams_ros.model.onnx_student import onnx_template
+            if 'task.student' in p:  # the user's ONNX or TorchScript file
+                from ams_ros.model.onnx_student import task_student_template
 
                 s = p['task.student']
-                return onnx_template(s['onnx'], s['input'], s['output'], p['class_names'],
-                                     s['class_colours'])
+                return task_student_template(s, p['class_names'], s['class_colours'])
             template = load_template(p['student'], p['class_names'],
                                      (p['input_height'], p['input_width']), p['seed'], device,
                                      warn)
