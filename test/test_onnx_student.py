@@ -37,7 +37,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         nhwc_in, bgr, byte, out, nhwc_out = self.flags
-        x = x.permute(0, 3, 1, 2) if nhwc_in else x
+        x = x.float().permute(0, 3, 1, 2) if nhwc_in else x
         x = x.flip(1) if bgr else x
         x = x / 255.0 if byte else (x - MEAN) / STD  # its own normalisation is part of it
         y = self.body(x)
@@ -59,6 +59,7 @@ CONVENTIONS = {
         {'kind': 'probabilities', 'layout': 'NHWC'}),
     'nchw-foreground': (dict(out='foreground'), {'scale': 'unit'},
                         {'kind': 'foreground', 'threshold': 0.5}),
+    'nhwc-uint8-logits': (dict(nhwc_in=True, byte=True), {'scale': 'uint8'}, 'logits'),
 }
 
 
@@ -69,10 +70,11 @@ def export(tmp_path, name, flags) -> str:
         net.train()(torch.rand(4, HEIGHT, WIDTH, 3) if flags.get('nhwc_in')
                     else torch.rand(4, 3, HEIGHT, WIDTH))
     shape = (1, HEIGHT, WIDTH, 3) if flags.get('nhwc_in') else (1, 3, HEIGHT, WIDTH)
+    dtype = torch.uint8 if name.endswith('uint8-logits') else torch.float32
     path = tmp_path / f'{name}.onnx'
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(net.eval(), (torch.zeros(shape),), str(path), dynamo=False,
+        torch.onnx.export(net.eval(), (torch.zeros(shape, dtype=dtype),), str(path), dynamo=False,
                           opset_version=17, input_names=['x'], output_names=['y'])
     return str(path)
 
@@ -111,10 +113,11 @@ def test_torch_and_the_edge_graph_agree_before_and_after_sparse_patches(tmp_path
         vector_to_module(vector, model, manifest)
 
 
-def test_the_drone_runs_it_and_the_ground_trains_it(tmp_path):
+@pytest.mark.parametrize('name', list(CONVENTIONS))
+def test_the_drone_runs_it_and_the_ground_trains_it(tmp_path, name):
     torch.set_num_threads(1)
-    flags, input_spec, output = CONVENTIONS['nchw-foreground']
-    template = onnx_template(export(tmp_path, 'fg', flags), input_spec, output,
+    flags, input_spec, output = CONVENTIONS[name]
+    template = onnx_template(export(tmp_path, name, flags), input_spec, output,
                              ('background', 'person'), ((0, 0, 0), (230, 60, 60)))
     drone = DroneAgent(DroneConfig(client_id='d'))
     assert drone.load_model_file(template.onnx_bytes, 1).kind == APPLIED

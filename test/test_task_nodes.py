@@ -45,20 +45,26 @@ def factory_student(tmp_path, task) -> dict:
     return {'path': 'student.pt'}  # relative to the task file
 
 
-def onnx_student(tmp_path, task) -> dict:
-    """Export a foreground segmenter to ONNX, as a user would; return the task file's student."""
-    export(tmp_path, 'net', CONVENTIONS['nchw-foreground'][0])
-    return {'onnx': 'net.onnx', 'input': {'scale': 'unit'}, 'output': {'kind': 'foreground'}}
+def onnx_student(convention: str):
+    def make(tmp_path, task) -> dict:
+        """Export a segmenter to ONNX, as a user would; return the task file's student."""
+        flags, input_spec, output = CONVENTIONS[convention]
+        export(tmp_path, 'net', flags)
+        return {'onnx': 'net.onnx', 'input': input_spec, 'output': output}
+    return make
 
 
-@pytest.fixture(scope='module', params=['factory', 'onnx'])
+STUDENTS = {'factory': factory_student, 'onnx-foreground': onnx_student('nchw-foreground'),
+            'onnx-nhwc-bgr': onnx_student('nhwc-bgr-byte-probabilities')}
+
+
+@pytest.fixture(scope='module', params=list(STUDENTS))
 def person_system(tmp_path_factory, request):
     tmp_path = tmp_path_factory.mktemp('task')
     torch.set_num_threads(1)
     task = load_task('person')
     data = yaml.safe_load(open(task.source))
-    make = factory_student if request.param == 'factory' else onnx_student
-    data['student'] = make(tmp_path, task)
+    data['student'] = STUDENTS[request.param](tmp_path, task)
     task_file = tmp_path / 'my_person.yaml'
     task_file.write_text(yaml.safe_dump(data))
     # The drone's file, as `ams pretrain --task` writes it (distilled, or the ONNX wrapped).
