@@ -15,8 +15,10 @@ A task file is YAML (documented in ``config/tasks/README.md``)::
       classes: {0: background, 1: person}  # teacher class id -> task class, many to one
       unmapped: ignore            # or a task class for the teacher's other classes
     student:
-      arch: deeplabv3_mbv2_small  # a built-in architecture ...
-      input_size: [144, 256]      # ... at this (height, width)
+      arch: deeplabv3_mbv2_small  # a built-in architecture (or package.module:function) ...
+      input_size: [144, 256]      # ... at this (height, width); or {path: checkpoint.pt},
+                                  # or {onnx: / torchscript: file, input:, output:}
+    sizes: {uplink: [144, 256]}   # optional: frames sent at; teacher_input: where not fixed
 
 Relative paths are relative to the task file; ``package://ams_ros/...`` names a file shipped with
 the package, as ROS resource paths do. Every error names the file and the field.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +59,7 @@ class Task:
     student: dict  # {'arch', 'input_size'} or {'path'}
     ignore_label: int = IGNORE_LABEL
     source: str = ''  # the file it came from
-    extra: dict = field(default_factory=dict)  # sizes and defaults the file gives
+    uplink_size: tuple[int, int] | None = None  # (H, W) frames travel at; None: the student's
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -103,11 +105,15 @@ def task_from_dict(data, base_dir: str | Path, source: str = '<task>') -> Task:
         raise where.error('ignore_label', f'{ignore} is the id of class {names[ignore]!r}')
     sizes = data.get('sizes') or {}
     where.known('sizes', sizes, ('teacher_input', 'uplink'))
+    teacher = _teacher(where, data.get('teacher'), names, Path(base_dir))
+    if 'teacher_input' in sizes:  # where the teacher's model does not fix its size
+        teacher.setdefault('input', {})['size'] = _size(where, 'sizes.teacher_input',
+                                                       sizes['teacher_input'])
     return Task(
-        name=str(data.get('name') or Path(source).stem), classes=classes,
-        teacher=_teacher(where, data.get('teacher'), names, Path(base_dir)),
+        name=str(data.get('name') or Path(source).stem), classes=classes, teacher=teacher,
         student=_student(where, data.get('student'), Path(base_dir)), ignore_label=ignore,
-        source=source, extra={k: _size(where, f'sizes.{k}', v) for k, v in sizes.items()})
+        source=source,
+        uplink_size=_size(where, 'sizes.uplink', sizes['uplink']) if 'uplink' in sizes else None)
 
 
 class _Where:

@@ -94,6 +94,16 @@ def test_errors_name_the_file_and_the_field(tmp_path, change, match):
     assert str(error.value).startswith(path)
 
 
+def test_sizes_set_the_uplink_and_the_teachers_input(tmp_path):
+    data = base(tmp_path)
+    data['sizes'] = {'uplink': [96, 128], 'teacher_input': [256, 256]}
+    task = load_task(write(tmp_path, data))
+    assert task.uplink_size == (96, 128) and task.teacher['input']['size'] == (256, 256)
+    data['sizes'] = {'uplink': [96]}
+    with pytest.raises(TaskError, match=r'sizes.uplink: expected \[height, width\]'):
+        load_task(write(tmp_path, data))
+
+
 def test_missing_and_malformed_files_say_so(tmp_path):
     with pytest.raises(TaskError, match='task file not found'):
         load_task(tmp_path / 'nope.yaml')

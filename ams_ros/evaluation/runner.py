@@ -328,6 +328,8 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
     spec = template.input_spec
     frame_size = args.frame_size or (spec.height, spec.width)
     ground, drone = base_configs(args)
+    if task is not None and task.uplink_size:
+        drone = dataclasses.replace(drone, uplink_size=task.uplink_size)
     variants = make_variants(args, ground, drone)
     if real:
         from ams_ros.ground.teachers import make_teacher
