@@ -27,7 +27,8 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 class Net(nn.Module):
     """A small segmenter in one of the conventions users export in."""
 
-    def __init__(self, nhwc_in=False, bgr=False, byte=False, out='logits', nhwc_out=False):
+    def __init__(self, nhwc_in=False, bgr=False, byte=False, out='logits', nhwc_out=False,
+                 uint8=False):
         super().__init__()
         self.flags = (nhwc_in, bgr, byte, out, nhwc_out)
         self.body = nn.Sequential(
@@ -59,7 +60,8 @@ CONVENTIONS = {
         {'kind': 'probabilities', 'layout': 'NHWC'}),
     'nchw-foreground': (dict(out='foreground'), {'scale': 'unit'},
                         {'kind': 'foreground', 'threshold': 0.5}),
-    'nhwc-uint8-logits': (dict(nhwc_in=True, byte=True), {'scale': 'uint8'}, 'logits'),
+    'nhwc-uint8-logits': (dict(nhwc_in=True, byte=True, uint8=True), {'scale': 'uint8'},
+                          'logits'),
 }
 
 
@@ -70,7 +72,7 @@ def export(tmp_path, name, flags) -> str:
         net.train()(torch.rand(4, HEIGHT, WIDTH, 3) if flags.get('nhwc_in')
                     else torch.rand(4, 3, HEIGHT, WIDTH))
     shape = (1, HEIGHT, WIDTH, 3) if flags.get('nhwc_in') else (1, 3, HEIGHT, WIDTH)
-    dtype = torch.uint8 if name.endswith('uint8-logits') else torch.float32
+    dtype = torch.uint8 if flags.get('uint8') else torch.float32  # the model takes bytes
     path = tmp_path / f'{name}.onnx'
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
