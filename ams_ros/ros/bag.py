@@ -239,6 +239,20 @@ class BagPlayer:
         self.published = dict.fromkeys(self.publishers, 0)
         self.stop_event = threading.Event()
 
+    def wait_for_all_acked(self, timeout: float) -> list[str]:
+        """Wait until reliable subscribers acknowledged all played; return topics still not.
+
+        Gives up after `timeout` seconds. Without this a player that exits right after its
+        last message can take that message with it: a reliable writer destroyed before its
+        readers acknowledge loses what is still in flight.
+        """
+        from rclpy.duration import Duration
+
+        deadline = time.monotonic() + timeout
+        return [name for name, publisher in self.publishers.items() if not
+                publisher.wait_for_all_acked(Duration(seconds=max(0.0, deadline -
+                                                                   time.monotonic())))]
+
     def wait_for_subscribers(self, topics, timeout: float = 30.0) -> bool:
         """Wait until each of `topics` (as recorded) has a matched subscriber."""
         if unplayed := [t for t in topics if t not in self.publishers]:
@@ -464,6 +478,9 @@ def _play(args) -> int:
             return 0
         count = player.play()
         interrupted = player.stop_event.is_set()
+        if not interrupted and (unacked := player.wait_for_all_acked(args.wait_for_all_acked)):
+            print(f'not acknowledged within {args.wait_for_all_acked:g} s on {unacked}: '
+                  'a subscriber may have missed the last messages', file=sys.stderr)
         print(player.summary())
         print(f'played {count} messages from {args.bag}')
         stop.set()
@@ -582,6 +599,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     play.add_argument('--settle', type=float, default=1.0,
                       help='seconds to wait after --wait-for matched (discovery settles)')
     play.add_argument('--delay', type=float, default=0.0, help='seconds to wait before playing')
+    play.add_argument('--wait-for-all-acked', type=float, default=5.0, metavar='S',
+                      help='at the end, wait up to S seconds for reliable subscribers to '
+                           'acknowledge every message (default 5)')
     play.add_argument('--ros-args', nargs=argparse.REMAINDER, default=[])
     play.set_defaults(bag_run=_play)
 
