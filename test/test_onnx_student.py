@@ -201,3 +201,62 @@ def test_a_torchscript_student_is_exported_and_trained_as_its_graph(tmp_path):
     with torch.no_grad():  # the scripted module itself, as the user wrote it
         np.testing.assert_allclose(logits, net(x).numpy(), atol=1e-4)
     assert (labels == scores.argmax(1)).all()
+
+
+def _i64(name, values):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+
+def _f32(name, values):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(values, np.float32), name)
+
+
+# One node each, beside what the students above use: attribute and input forms users' exports have.
+OPERATOR_CASES = {
+    'gather-negative-2d': ('Gather', ['x', 'i'], {'axis': 1}, [_i64('i', [[-1, 0], [1, 2]])]),
+    'flatten-axis-2': ('Flatten', ['x'], {'axis': 2}, []),
+    'reduce-mean': ('ReduceMean', ['x'], {'axes': [2, 3], 'keepdims': 1}, []),
+    'slice-reversed': ('Slice', ['x', 's', 'e', 'a', 't'], {},
+                       [_i64('s', [-1, 0]), _i64('e', [-10**18, 6]), _i64('a', [3, 2]),
+                        _i64('t', [-2, 2])]),
+    'resize-linear': ('Resize', ['x', '', 'sc'], {'mode': 'linear'},
+                      [_f32('sc', [1, 1, 2, 2])]),
+    'resize-nearest-sizes': ('Resize', ['x', '', '', 'sz'], {'mode': 'nearest'},
+                             [_i64('sz', [2, 3, 16, 12])]),
+    'max-pool': ('MaxPool', ['x'], {'kernel_shape': [3, 3], 'strides': [2, 2],
+                                    'pads': [1, 1, 1, 1]}, []),
+    'average-pool': ('AveragePool', ['x'], {'kernel_shape': [2, 2], 'strides': [2, 2]}, []),
+    'hard-sigmoid': ('HardSigmoid', ['x'], {'alpha': 0.3, 'beta': 0.4}, []),
+    'clip-inputs': ('Clip', ['x', 'lo', 'hi'], {}, [_f32('lo', -0.5), _f32('hi', 0.5)]),
+    'softmax': ('Softmax', ['x'], {'axis': 1}, []),
+    'transpose': ('Transpose', ['x'], {'perm': [0, 2, 3, 1]}, []),
+    'reshape-zero': ('Reshape', ['x', 'sh'], {}, [_i64('sh', [0, 3, -1])]),
+    'unsqueeze': ('Unsqueeze', ['x', 'ax'], {}, [_i64('ax', [0, -1])]),
+    'conv-asymmetric-pads': ('Conv', ['x', 'w'], {'pads': [0, 1, 1, 0], 'strides': [2, 1]},
+                             [_f32('w', np.random.default_rng(2).standard_normal((4, 3, 3, 3)))]),
+}
+
+
+@pytest.mark.parametrize('case', list(OPERATOR_CASES))
+def test_operators_match_onnx_runtime(case):
+    from onnx import TensorProto, helper
+
+    from ams_ros.model.onnx_student import OnnxGraph
+
+    op, inputs, attrs, initializers = OPERATOR_CASES[case]
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 6)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, ['y'], **attrs)], case,
+        [helper.make_tensor_value_info('x', TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info('y', TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=['CPUExecutionProvider']).run(['y'], {'x': x})[0]
+    with torch.no_grad():
+        ours = OnnxGraph(model)(torch.from_numpy(x)).numpy()
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours, expected, atol=1e-5)

@@ -252,21 +252,31 @@ OPS: dict[str, Callable] = {
     'MatMul': lambda a, _: a[0] @ a[1], 'Gemm': _gemm,
     'Concat': lambda a, t: torch.cat(a, dim=t['axis']),
     'Transpose': lambda a, t: a[0].permute(*t.get('perm', reversed(range(a[0].dim())))),
-    'Reshape': _reshape, 'Flatten': lambda a, t: a[0].flatten(t.get('axis', 1)) if
-    t.get('axis', 1) == 1 else a[0].reshape(math.prod(a[0].shape[:t['axis']]), -1),
+    'Reshape': _reshape, 'Flatten': lambda a, t: _flatten(a[0], t.get('axis', 1)),
     'Squeeze': lambda a, t: a[0].squeeze(tuple(_axes(a, t))) if _axes(a, t) else a[0].squeeze(),
     'Unsqueeze': lambda a, t: _unsqueeze(a[0], _axes(a, t)),
     'Identity': lambda a, _: a[0], 'Dropout': lambda a, _: a[0],
     'Constant': lambda a, t: torch.from_numpy(np.array(numpy_helper.to_array(t['value']))),
     'Shape': lambda a, _: torch.tensor(a[0].shape, dtype=torch.int64),
-    'Gather': lambda a, t: torch.index_select(a[0], t.get('axis', 0),
-                                              a[1].reshape(-1).long()).reshape(
-        a[0].shape[:t.get('axis', 0)] + a[1].shape + a[0].shape[t.get('axis', 0) + 1:]),
+    'Gather': lambda a, t: _gather(a[0], a[1], t.get('axis', 0)),
     'Slice': _slice, 'Cast': lambda a, t: a[0].to(_CAST[t['to']]),
     'GlobalAveragePool': lambda a, _: a[0].mean(dim=(2, 3), keepdim=True),
     'AveragePool': _pool('AveragePool'), 'MaxPool': _pool('MaxPool'),
     'ReduceMean': _reduce_mean, 'Resize': _resize,
 }
+
+
+def _flatten(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """ONNX Flatten: a 2-D tensor, the dimensions before `axis` in the first."""
+    return x.reshape(math.prod(x.shape[:axis]), -1)
+
+
+def _gather(x: torch.Tensor, indices: torch.Tensor, axis: int) -> torch.Tensor:
+    """ONNX Gather: `indices` (any shape, negatives count from the end) along `axis`."""
+    axis = axis % x.dim()
+    flat = indices.reshape(-1).long() % x.shape[axis]
+    picked = torch.index_select(x, axis, flat)
+    return picked.reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
 
 
 def _unsqueeze(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
