@@ -65,6 +65,9 @@ class OnnxGraph(nn.Module):
         super().__init__()
         graph = model.graph
         self.nodes = list(graph.node)
+        # Attributes decoded once: the trainer runs the graph many times a phase.
+        self.attrs = [{a.name: helper.get_attribute_value(a) for a in node.attribute}
+                      for node in self.nodes]
         unsupported = sorted({n.op_type for n in self.nodes} - set(OPS))
         if unsupported:
             raise OnnxStudentError(f'operators this converter does not handle: {unsupported}')
@@ -95,10 +98,9 @@ class OnnxGraph(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         env = dict(zip(self.input_names, inputs, strict=True))
-        for node in self.nodes:
+        for node, attrs in zip(self.nodes, self.attrs, strict=True):
             args = [None if not name else env[name] if name in env else self.value(name)
                     for name in node.input]
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             outputs = OPS[node.op_type](args, attrs)
             outputs = outputs if isinstance(outputs, tuple) else (outputs,)
             env.update(zip(node.output, outputs, strict=False))

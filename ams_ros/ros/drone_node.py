@@ -83,6 +83,7 @@ class DroneNode(Node):
         self._publish_colour = p['publish_color_mask']
         self.counters = Counters()
         self._camera = CameraWatch(self.counters)
+        self._colour_lut = (None, None)  # (the colours it was built for, the table)
         self._agent_lock = threading.Lock()  # the agent's sampler and config
         if p['model_path']:
             start_from_file(self.agent, p['model_path'], p['model_version'])
@@ -227,10 +228,16 @@ class DroneNode(Node):
             return None
         self.mask_pub.publish(array_to_image(mask, 'mono8', msg.header))
         if self._publish_colour:
-            colours = colour_table(self.agent.class_colours)  # the model's, else the world's
-            self.colour_pub.publish(array_to_image(colours[mask], 'rgb8', msg.header))
+            self.colour_pub.publish(array_to_image(self._colours()[mask], 'rgb8', msg.header))
         self._count('frames_inferred')
         return stamp, rgb, msg.header.frame_id, msg.encoding
+
+    def _colours(self):
+        """Class id -> RGB of the running model (else the world's), rebuilt only on change."""
+        colours = self.agent.class_colours
+        if self._colour_lut[0] != colours:
+            self._colour_lut = (colours, colour_table(colours))
+        return self._colour_lut[1]
 
     def _send_frames(self, item: tuple) -> None:
         """Sample an inferred frame; publish the batch it completes."""
