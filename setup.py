@@ -17,6 +17,7 @@ setup(
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
         ('share/' + package_name + '/config/tasks', glob('config/tasks/*')),
+        ('share/' + package_name + '/config/profiles', glob('config/profiles/*.yaml')),
     ],
     python_requires='>=3.10',
     install_requires=[

@@ -5,10 +5,12 @@
 same parameter files, as separate processes::
 
     ams launch drone  [--namespace /drone1] [--params-file F] [-p name:=value ...]
-    ams launch ground [--params-file F] [-p name:=value ...]
+    ams launch ground [--params-file F] [--profile paper] [-p name:=value ...]
     ams launch demo   [--namespace /drone1] [--seed N] [-p node:name:=value ...]
 
 Each node runs as ``python -m ams_ros.ros.<node> --ros-args --params-file F -r __ns:=NS``.
+``--profile NAME`` (ground and demo) adds config/profiles/NAME.yaml after the ground's file, as
+ground.launch.py's ``profile`` argument does: ``paper`` runs the paper's AMS.
 ``demo`` starts what demo.launch.py starts: the synthetic camera, the drone and the ground
 (CPU settings). There ``-p`` takes an optional node prefix (``camera:``, ``drone:`` or
 ``ground:``); a parameter without one goes to every node (nodes ignore parameters they do not
@@ -72,13 +74,27 @@ class NodeCommand:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def profile_file(name: str) -> Path:
+    """Return a profile's parameter overlay (config/profiles/NAME.yaml)."""
+    path = config_dir() / 'profiles' / f'{name}.yaml'
+    if not path.is_file():
+        known = sorted(p.stem for p in (config_dir() / 'profiles').glob('*.yaml'))
+        raise SystemExit(f'ams launch: no profile {name!r} (known: {", ".join(known)})')
+    return path
+
+
 def node_command(name: str, params_file: Path | None, namespace: str | None,
-                 overrides: list[str], use_sim_time: bool | None) -> NodeCommand:
-    """Return the command line that runs one node as its launch file would."""
+                 overrides: list[str], use_sim_time: bool | None,
+                 overlay: Path | None = None) -> NodeCommand:
+    """Return the command line that runs one node as its launch file would.
+
+    overlay: a second parameter file, read after params_file (a profile).
+    """
     module = NODES[name][0]
     argv = [sys.executable, '-m', module, '--ros-args']
-    if params_file is not None:
-        argv += ['--params-file', str(params_file)]
+    for path in (params_file, overlay):
+        if path is not None:
+            argv += ['--params-file', str(path)]
     if namespace:
         argv += ['-r', f'__ns:=/{namespace.strip("/")}']
     if use_sim_time is not None:
@@ -116,6 +132,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         'config/drone.yaml or config/ground.yaml; demo: the drone\'s)')
     parser.add_argument('--ground-params-file', type=Path, help=f'demo: the ground\'s YAML '
                         f'(default: config/{DEMO_GROUND_FILE})')
+    parser.add_argument('--profile', help="ground and demo: the ground's AMS settings overlay "
+                        "(config/profiles/NAME.yaml; 'paper': the paper's algorithm)")
     parser.add_argument('--namespace', help='drone namespace (demo: '
                         f'{DEMO_NAMESPACE}); the ground runs in the root namespace')
     parser.add_argument('-p', '--param', dest='params', action='append', default=[],
@@ -152,10 +170,15 @@ def plan(args) -> list[NodeCommand]:
 
 
 def _commands(args) -> list[NodeCommand]:
+    overlay = profile_file(args.profile) if getattr(args, 'profile', None) else None
+    if overlay is not None and args.what == 'drone':
+        raise SystemExit('ams launch: --profile sets the ground\'s AMS settings: use it with '
+                         'ground or demo')
     if args.what in ('drone', 'ground'):
         params_file = args.params_file or config_file(NODES[args.what][1])
         namespace = args.namespace if args.what == 'drone' else None
-        return [node_command(args.what, params_file, namespace, args.params, args.use_sim_time)]
+        return [node_command(args.what, params_file, namespace, args.params, args.use_sim_time,
+                             overlay)]
     namespace = args.namespace or DEMO_NAMESPACE
     overrides = split_overrides(args.params, ('camera', 'drone', 'ground'))
     if args.seed is not None:
@@ -167,7 +190,7 @@ def _commands(args) -> list[NodeCommand]:
         node_command('drone', args.params_file or config_file('drone.yaml'), namespace,
                      overrides['drone'], args.use_sim_time),
         node_command('ground', args.ground_params_file or config_file(DEMO_GROUND_FILE), None,
-                     overrides['ground'], args.use_sim_time),
+                     overrides['ground'], args.use_sim_time, overlay),
     ]
 
 

@@ -12,7 +12,7 @@ from support.tiny_student import calibrated_template
 from ams_ros import IGNORE_LABEL
 from ams_ros.cli import main as ams_main
 from ams_ros.drone.agent import DroneConfig
-from ams_ros.evaluation.baselines import JustInTime
+from ams_ros.evaluation.baselines import JustInTime, RemoteTracking
 from ams_ros.evaluation.core import EvalContext, SchemeResult
 from ams_ros.evaluation.link import Channel, ChannelConfig, Link, LinkConfig
 from ams_ros.evaluation.runner import base_configs, build_parser, make_variants, resolve
@@ -28,7 +28,9 @@ from ams_ros.ground.drone_session import GroundConfig
 from ams_ros.ground.rate_control import AtrConfig
 from ams_ros.ground.trainer import TrainerConfig
 from ams_ros.model.student import InputSpec
+from ams_ros.profiles import AMS, PAPER
 from ams_ros.wire.frame_codec import CodecSettings
+from ams_ros.wire.patch_codec import PAPER_FORMAT
 
 # -- link -------------------------------------------------------------------------------------
 
@@ -314,6 +316,90 @@ def test_ablations_add_the_variants_of_figure_4():
     jit = variants[3:]
     assert all(isinstance(v.scheme, JustInTime) for v in jit)
     assert [v.scheme.config.threshold for v in jit] == [0.5, 0.8]
+
+
+def test_the_default_schemes_run_the_paper_profile_and_remote_tracking_on_real_links():
+    args = resolve(build_parser().parse_args(['--fps', '1']))
+    ground, drone = base_configs(args)
+    variants = {v.label: v for v in make_variants(args, ground, drone)}
+    assert list(variants) == [
+        'no_customization', 'one_time', 'ams', 'ams_paper', 'remote_tracking@0.1s',
+        'remote_tracking@0.3s', 'remote_tracking@1s']
+    # AMS runs the project's profile; ams_paper the paper's, whatever the options say.
+    assert ground.trainer.strategy == AMS.strategy and ground.patch_format == AMS.patch_format
+    paper = variants['ams_paper']
+    assert paper.ground.trainer.strategy == PAPER.strategy == 'gradient_guided'
+    assert paper.ground.patch_format == PAPER_FORMAT
+    assert paper.ground.atr.period_min == paper.drone.update_period == PAPER.t_update
+    assert paper.ground.trainer.iterations == ground.trainer.iterations  # the rest is shared
+    for latency in (0.1, 0.3, 1.0):
+        remote = variants[f'remote_tracking@{latency:g}s']
+        assert isinstance(remote.scheme, RemoteTracking) and remote.fps == 5.0
+        assert remote.link.uplink.latency_s == remote.link.downlink.latency_s == latency
+    # One option changes one value of the profile; --ams-profile paper takes the paper's.
+    args = resolve(build_parser().parse_args(['--fraction', '0.1']))
+    assert base_configs(args)[0].trainer.fraction == 0.1
+    assert base_configs(args)[0].trainer.strategy == AMS.strategy
+    args = resolve(build_parser().parse_args(['--ams-profile', 'paper']))
+    assert base_configs(args)[0].trainer.strategy == 'gradient_guided'
+    assert base_configs(args)[0].patch_format == PAPER_FORMAT
+
+
+def test_the_drift_ablation_flies_the_flights_again_over_slower_drifting_worlds(tmp_path):
+    out = tmp_path / 'out'
+    assert ams_main(['eval', '--student', 'fresh', '--size', '32x64', '--duration', '12',
+                     '--seeds', '1000', '--schemes', 'no_customization', 'ams',
+                     '--ablation', 'drift', '--look-regions', '1', '4', '--iterations', '1',
+                     '--batch-size', '2', '--t-update', '5', '--phase-time', '0.5',
+                     '--out', str(out), '--no-progress']) == 0
+    results = json.loads((out / 'results.json').read_text())['results']
+    assert [(r['name'], r['flight']) for r in results] == [
+        ('no_customization', 'synthetic-1000'), ('ams', 'synthetic-1000'),
+        ('no_customization', 'synthetic-1000-looks4'), ('ams', 'synthetic-1000-looks4')]
+    assert [r['extra']['world']['look_region'] for r in results] == [1, 1, 4, 4]
+    assert all(0 < r['extra']['world']['look_dwell_s'] <= 12 for r in results)
+    tables = (out / 'tables.txt').read_text()
+    assert 'Drift sweep' in tables and '(region 4)' in tables
+    drift = json.loads((out / 'figures.json').read_text())['drift']
+    assert drift['regions'] == [1, 4]
+    assert set(drift['miou']) == {'no_customization', 'ams'}
+
+
+def test_runs_split_by_training_seed_merge_into_one_report(tmp_path):
+    for seed in (0, 1):
+        assert ams_main(['eval', '--student', 'fresh', '--size', '32x64', '--duration', '6',
+                         '--seeds', '1000', '--schemes', 'no_customization', 'one_time',
+                         '--one-time', '3', '--iterations', '1', '--batch-size', '2',
+                         '--phase-time', '0.5', '--seed', str(seed), '--out',
+                         str(tmp_path / f'seed{seed}'), '--no-progress']) == 0
+    out = tmp_path / 'merged'
+    assert ams_main(['eval', '--merge', str(tmp_path / 'seed0'), str(tmp_path / 'seed1'),
+                     '--out', str(out)]) == 0
+    data = json.loads((out / 'results.json').read_text())
+    assert data['meta']['seeds'] == [0, 1]
+    assert [(r['name'], r['flight']) for r in data['results']] == [
+        ('no_customization', 'synthetic-1000 seed 0'), ('one_time', 'synthetic-1000 seed 0'),
+        ('no_customization', 'synthetic-1000 seed 1'), ('one_time', 'synthetic-1000 seed 1')]
+    seeds = [json.loads((tmp_path / f'seed{s}' / 'results.json').read_text())['results']
+             for s in (0, 1)]
+    average = json.loads((out / 'figures.json').read_text())['table1']['average']
+    expected = np.mean([run[1]['miou'] for run in seeds])
+    assert average['one_time']['miou'] == pytest.approx(expected)
+    assert average['one_time']['flights'] == 2
+
+
+def test_remote_tracking_at_a_latency_sees_its_labels_that_much_later():
+    source = CachedSource(SyntheticSource(1000, 12.0))
+    ctx = dict(source=source, teacher=CachedLabelTeacher(source, source.default_teacher()),
+               template=calibrated_template(SPEC), fps=5.0, eval_stride=5, frame_size=(32, 64),
+               phase_time_s=0.05)
+    ages = []
+    for latency in (0.1, 1.0):
+        link = LinkConfig(ChannelConfig(None, latency), ChannelConfig(None, latency))
+        result = RemoteTracking().run(EvalContext(link=link, **ctx))
+        assert len(result.frame_miou) == 12  # the camera at 5 fps, scored at 1 fps
+        ages.append(result.extra['mean_label_age_s'])
+    assert ages[1] - ages[0] == pytest.approx(1.8, abs=0.25)  # two one-way trips, 0.9 s each
 
 
 # -- a real task ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Launch files, YAML configs and the pip-only launcher agree with the nodes they start."""
 
 import ast
+import dataclasses
 import re
 import signal
 import subprocess
@@ -16,8 +17,10 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from ams_ros import launcher  # noqa: E402
-from ams_ros.ros import drone_node, ground_node  # noqa: E402
+from ams_ros.profiles import AMS, PAPER  # noqa: E402
+from ams_ros.ros import drone_node, ground_node, ground_parameters  # noqa: E402
 from ams_ros.ros.node_parameters import ParameterError, declare_all, read  # noqa: E402
+from ams_ros.wire.patch_codec import PATCH_STREAMS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
@@ -83,8 +86,9 @@ def test_launch_file_names_only_installed_executables(path):
         assert re.search(rf'^def {function}\(', source.read_text(), re.M), scripts[executable]
     # Config files it names exist.
     for constant in ast.walk(ast.parse(path.read_text())):
-        if isinstance(constant, ast.Constant) and str(constant.value).endswith('.yaml'):
-            assert (ROOT / 'config' / constant.value).is_file(), constant.value
+        value = constant.value if isinstance(constant, ast.Constant) else None
+        if isinstance(value, str) and value.endswith('.yaml') and value != '.yaml':
+            assert (ROOT / 'config' / value).is_file(), value
 
 
 @pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda p: p.name)
@@ -100,10 +104,11 @@ def test_launch_file_parameter_overrides_are_declared(path):
                 assert keys <= declared, f'{path.name}: undeclared {keys - declared}'
 
 
-def declared_with_file(table, params_file: Path) -> dict:
-    """Declare a node's table on a bare node that reads params_file; return the values."""
+def declared_with_file(table, *params_files: Path) -> dict:
+    """Declare a node's table on a bare node that reads the files in turn; return the values."""
     context = Context()
-    rclpy.init(args=['--ros-args', '--params-file', str(params_file)], context=context)
+    files = [arg for path in params_files for arg in ('--params-file', str(path))]
+    rclpy.init(args=['--ros-args', *files], context=context)
     try:
         name = 'ams_drone' if table is drone_node.PARAMETERS else 'ams_ground'
         node = rclpy.create_node(name, namespace='/drone7', context=context)
@@ -142,6 +147,56 @@ def test_every_config_parameter_has_a_comment():
         for i, line in enumerate(lines):
             if re.match(r'^\s+[\w.]+: \S', line) and 'ros__parameters' not in line:
                 assert lines[i - 1].strip().startswith('#'), f'{path.name}:{i + 1} {line}'
+
+
+PROFILE_PARAMETERS = {  # ams_ros.profiles.AmsProfile field -> the ground node's parameter
+    'strategy': 'trainer.strategy', 'fraction': 'trainer.fraction',
+    'learning_rate': 'trainer.learning_rate', 'class_balance': 'trainer.class_balance',
+    'horizon_s': 'trainer.horizon_s', 't_update': 'atr.period_min'}
+
+
+def profile_values(profile) -> dict:
+    values = {name: getattr(profile, field) for field, name in PROFILE_PARAMETERS.items()}
+    streams = [k for k, fmt in PATCH_STREAMS.items()
+               if dataclasses.replace(fmt, value_mode=profile.patch_format.value_mode)
+               == profile.patch_format]
+    assert len(streams) == 1, 'a profile packs its patches as one of the named streams'
+    return {**values, 'patch.value_mode': profile.patch_format.value_mode,
+            'patch.streams': streams[0]}
+
+
+def test_the_shipped_files_run_the_projects_profile_and_the_paper_overlay_the_papers():
+    overlays = sorted((ROOT / 'config' / 'profiles').glob('*.yaml'))
+    assert [p.stem for p in overlays] == ['paper']
+    expected = profile_values(PAPER)
+    ((node_name, values),) = config_sections(overlays[0])
+    assert node_name == 'ams_ground' and values == expected
+    # The node takes the overlay on top of a base file, as the launch file passes them.
+    defaults = {p.name: p.default for p in ground_node.PARAMETERS}
+    assert {name: defaults[name] for name in expected} == profile_values(AMS)
+    got = declared_with_file(ground_node.PARAMETERS, ROOT / 'config' / 'ground_cpu.yaml',
+                             overlays[0])
+    assert {name: got[name] for name in expected} == expected
+    assert got['trainer.iterations'] == 10  # ground_cpu.yaml's, which the profile leaves alone
+    config = ground_parameters.ground_config(got, 'cpu')
+    assert config.patch_format == PAPER.patch_format
+    assert config.trainer.strategy == 'gradient_guided'
+    for base in ('ground.yaml', 'ground_cpu.yaml'):
+        ((_, values),) = config_sections(ROOT / 'config' / base)
+        assert {name: values[name] for name in expected} == profile_values(AMS), base
+
+
+def test_the_launchers_profile_adds_its_overlay_after_the_grounds_file():
+    for what in ('ground', 'demo'):
+        args = launcher.build_parser().parse_args([what, '--profile', 'paper'])
+        ground = {c.name: c.argv for c in launcher.plan(args)}['ground']
+        files = [ground[i + 1] for i, a in enumerate(ground) if a == '--params-file']
+        assert Path(files[-1]) == ROOT / 'config' / 'profiles' / 'paper.yaml'
+        assert len(files) == 2
+    with pytest.raises(SystemExit, match='no profile'):
+        launcher.plan(launcher.build_parser().parse_args(['ground', '--profile', 'bogus']))
+    with pytest.raises(SystemExit, match='ground or demo'):
+        launcher.plan(launcher.build_parser().parse_args(['drone', '--profile', 'paper']))
 
 
 def test_the_drone_node_declares_its_table():

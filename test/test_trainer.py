@@ -160,6 +160,30 @@ def test_loss_averages_labelled_pixels_and_is_zero_when_none_are():
     assert loss.item() == 0.0 and torch.all(logits.grad == 0)
 
 
+def test_class_balance_weighs_each_pixel_by_its_class_share():
+    logits = torch.randn(1, CLASSES, 4, 4)
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[0, 0, :3] = 1  # three pixels of a small class among thirteen of a large one
+    labels[0, 3, 3] = IGNORE_LABEL
+    kept = labels != IGNORE_LABEL
+    pixel_losses = F.cross_entropy(logits.permute(0, 2, 3, 1)[kept], labels[kept],
+                                   reduction='none')
+    share = {0: 12 / 15, 1: 3 / 15}
+    for balance in (0.5, 1.0):
+        weight = torch.tensor([share[int(c)] ** -balance for c in labels[kept]])
+        # Weights are scaled so that their mean over the labelled pixels is one.
+        expected = (weight * pixel_losses).sum() / weight.sum()
+        got = segmentation_loss(logits, labels, class_balance=balance)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    # At balance 1 both classes weigh the same in all: the small one is not drowned.
+    plain = segmentation_loss(logits, labels)
+    assert plain.item() == pytest.approx(pixel_losses.mean().item(), rel=1e-6)
+    small = labels[kept] == 1
+    balanced = 0.5 * pixel_losses[small].mean() + 0.5 * pixel_losses[~small].mean()
+    assert segmentation_loss(logits, labels, 1.0).item() == pytest.approx(balanced.item(),
+                                                                        rel=1e-5)
+
+
 def test_frames_at_another_resolution_are_resized_to_the_model_input():
     frames, labels = colour_world(count=3, size=(16, 24))  # twice the model's input size
     trainer = make_trainer(channels_last=True, iterations=2)

@@ -235,3 +235,25 @@ def test_perfect_teacher_returns_the_rendered_labels(short):
     assert not np.array_equal(out[0], out[-1])
     with pytest.raises(ValueError):
         teacher.label(noisy, stamps[:-1])
+
+
+def test_a_look_region_shares_looks_across_its_districts_and_keeps_their_layouts():
+    plain, regional = World(3), World(3, look_region=4)
+    block = list(itertools.product(range(4), range(4)))
+    assert len({regional.looks_at(ix, iy) for ix, iy in block}) == 1
+    assert len({plain.looks_at(ix, iy) for ix, iy in block}) > 1
+    # The next block draws its own; the districts' layouts are those of the plain world.
+    assert {regional.looks_at(4 + ix, iy) for ix, iy in block} != {regional.looks_at(0, 0)}
+    assert any(regional.looks_at(4 * bx, 0) != regional.looks_at(0, 0) for bx in range(1, 5))
+    for ix, iy in ((0, 0), (5, 2)):
+        a, b = plain.district(ix, iy), regional.district(ix, iy)
+        assert a.looks == plain.looks_at(ix, iy) and b.looks == regional.looks_at(ix, iy)
+        assert a.kind == b.kind and np.array_equal(a.label, b.label)
+    with pytest.raises(ValueError, match='look_region'):
+        World(3, look_region=0)
+
+
+def test_looks_stay_in_view_longer_over_larger_look_regions():
+    dwell = [AerialVideo(1001, 300.0, look_region=r).look_dwell_s() for r in (1, 2, 8)]
+    assert dwell[0] < dwell[1] <= dwell[2] <= 300.0
+    assert dwell[0] < 120.0  # the default world's districts change looks every minute or so

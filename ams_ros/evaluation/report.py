@@ -6,7 +6,8 @@ dicts) over one or more flights and writes into `out_dir`:
 - ``tables.md`` and ``tables.txt``: Table 1's shape (per flight: mIoU (%) and Up/Down BW
   (kbps) for each scheme, then the average over flights), Table 2's (mIoU per flight and
   scheme), a detail table (pooled and per-frame mIoU, kbps, updates), the IoU of each class,
-  the ablation variants,
+  the ablation variants, the drift sweep (each scheme's mIoU over worlds whose looks persist
+  longer) when the flights span several look regions,
   Table 3 (strategy x fraction: mIoU difference to full-model training, in points) when
   the selection ablation is present, and each fleet drone's phases and waits when the fleet
   ablation is;
@@ -23,7 +24,9 @@ dicts) over one or more flights and writes into `out_dir`:
 
 mIoU in the tables is the pooled one (``SchemeResult.miou``: one confusion matrix per flight),
 as the runner's table prints it; averages are means over flights. Main schemes are the results
-without an ablation: their names carry no ``[...]`` and ``extra['ablation']`` is empty.
+without an ablation: their names carry no ``[...]`` and ``extra['ablation']`` is empty;
+``ams_paper`` is AMS with the paper's profile, and ``remote_tracking@0.3s`` Remote+Tracking at
+0.3 s one-way latency.
 Ablation variants are recognised by ``extra['ablation']['kind']`` (the runner's ``selection``,
 ``t_update``, ...; ``jit_threshold`` for Just-In-Time's sweep) or else by name:
 ``ams[full]``, ``ams[<strategy>,<fraction>]``, ``ams[T_update=<s>]``,
@@ -43,11 +46,15 @@ import numpy as np
 from ams_ros.evaluation.core import SchemeResult
 from ams_ros.metrics import class_iou
 
-MAIN_ORDER = ('no_customization', 'one_time', 'remote_tracking', 'just_in_time', 'ams')
+MAIN_ORDER = ('no_customization', 'one_time', 'remote_tracking', 'just_in_time', 'ams_paper',
+              'ams')
 DISPLAY = {'no_customization': 'No Customization', 'one_time': 'One-Time',
-           'remote_tracking': 'Remote+Tracking', 'just_in_time': 'Just-In-Time', 'ams': 'AMS'}
+           'remote_tracking': 'Remote+Tracking', 'just_in_time': 'Just-In-Time',
+           'ams_paper': 'AMS (paper)', 'ams': 'AMS'}
 COLOURS = {'no_customization': '#7f7f7f', 'one_time': '#9467bd', 'remote_tracking': '#2ca02c',
-           'just_in_time': '#ff7f0e', 'ams': '#1f77b4'}
+           'just_in_time': '#ff7f0e', 'ams_paper': '#17becf', 'ams': '#1f77b4'}
+# A main scheme at one setting of its link: 'remote_tracking@0.3s' (one-way latency).
+_AT_LATENCY = re.compile(r'^([a-z_]+)@([0-9.]+)s$')
 STRATEGY_ORDER = ('last_layers', 'first_layers', 'first_last', 'random', 'gradient_guided',
                   'gradient_magnitude', 'gauss_southwell')
 STRATEGY_NAMES = {'last_layers': 'Last Layers', 'first_layers': 'First Layers',
@@ -99,13 +106,21 @@ def is_main(result: SchemeResult) -> bool:
 
 
 def display_name(name: str) -> str:
+    at = _AT_LATENCY.match(name)
+    if at:
+        return f'{DISPLAY.get(at[1], at[1])} ({at[2]} s)'
     return DISPLAY.get(name, name)
+
+
+def _base_name(name: str) -> str:
+    at = _AT_LATENCY.match(name)
+    return at[1] if at else name
 
 
 def _ordered(names: Iterable[str]) -> list[str]:
     names = list(dict.fromkeys(names))
-    return ([n for n in MAIN_ORDER if n in names]
-            + [n for n in names if n not in MAIN_ORDER])
+    rank = {n: i for i, n in enumerate(MAIN_ORDER)}
+    return sorted(names, key=lambda n: rank.get(_base_name(n), len(rank)))
 
 
 def _nan(value) -> float:
@@ -290,6 +305,26 @@ def gain_data(results: Sequence[SchemeResult]) -> dict | None:
     return out or None
 
 
+def drift_data(results: Sequence[SchemeResult]) -> dict | None:
+    """Return the drift sweep: each main scheme's mIoU over worlds whose looks persist longer.
+
+    Columns are the worlds' look regions (ams_ros.world.map), each with the mean time a look
+    stayed in view on its flights; a cell is the scheme's mean mIoU over those flights. None
+    unless the results span at least two regions.
+    """
+    worlds = [(r.extra.get('world') or {}, r) for r in results if is_main(r)]
+    regions = sorted({w['look_region'] for w, _ in worlds if 'look_region' in w})
+    if len(regions) < 2:
+        return None
+    dwell = {g: _mean(w['look_dwell_s'] for w, _ in worlds if w.get('look_region') == g
+                      and w.get('look_dwell_s') is not None) for g in regions}
+    schemes = _ordered(r.name for _, r in worlds)
+    miou = {name: {g: _mean(r.miou for w, r in worlds
+                            if r.name == name and w.get('look_region') == g)
+                   for g in regions} for name in schemes}
+    return {'regions': regions, 'look_dwell_s': dwell, 'schemes': schemes, 'miou': miou}
+
+
 # -- text tables ------------------------------------------------------------------------------
 
 def per_class_table(results: Sequence[SchemeResult]) -> dict:
@@ -427,6 +462,18 @@ def build_tables(results: Sequence[SchemeResult], metadata: dict | None = None) 
                        'down kbps', 'ground busy %'], 'rows': fleet, 'left': 2,
             'note': "wait: from a batch's arrival to the start of the phase that trains it; "
                     "ground busy: the share of the flight the one training device was busy."})
+    drift = drift_data(results)
+    if drift is not None:
+        regions = drift['regions']
+        rows = [[display_name(name)] + [_pct(drift['miou'][name][g]) for g in regions]
+                for name in drift['schemes']]
+        tables.append({
+            'title': 'Drift sweep: mIoU (%) as looks persist longer',
+            'header': ['Scheme'] + [f'{drift["look_dwell_s"][g]:.0f} s (region {g})'
+                                    for g in regions], 'rows': rows,
+            'note': 'Column: the mean time a look stayed in view on those flights (capped by '
+                    "the flight's length), with the world's look region (districts a side "
+                    'that share their looks); cell: mean mIoU over the flights.'})
     f4 = fig4_data(results, metadata)
     if f4 is not None:
         rows = [[p['flight'], display_name(p['scheme']), f'{p["parameter"]}={p["value"]:g}',
@@ -493,7 +540,7 @@ def _figure(width: float, height: float, rows: int = 1, **kw):
 
 
 def _colour(name: str, index: int) -> str:
-    if name in COLOURS:
+    if name in COLOURS:  # the variants of a scheme at other links take the palette's colours
         return COLOURS[name]
     palette = ('#d62728', '#8c564b', '#e377c2', '#bcbd22', '#17becf', '#aec7e8', '#ffbb78')
     return palette[index % len(palette)]
@@ -732,6 +779,9 @@ def write_report(results: Sequence[SchemeResult | dict], out_dir: str | Path,
     table3 = table3_data(results)
     if table3 is not None:
         figures['table3'] = table3
+    drift = drift_data(results)
+    if drift is not None:
+        figures['drift'] = drift
     fig4 = fig4_data(results, metadata)
     if fig4 is not None:
         plot_fig4(out / 'fig4_miou_vs_downlink.png', fig4)

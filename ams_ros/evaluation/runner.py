@@ -5,10 +5,11 @@ Profiles (every option can still be given on its own):
 - ``--quick`` (the default; a CPU machine): the small student at 128x256, 180-s flights, a
   1 fps camera scored on every frame, K = 20 iterations of batch 8 (the paper's; K = 5 lost to
   No Customization: too few steps per phase to generalise past the frames it trains on),
-  T_update 10 s, and each ground phase assumed to take 3 s (a 2-core CPU's wall time says
-  nothing about a ground GPU and varies with whatever else runs). Three held-out flights with
-  the three default schemes took 9.8 CPU-minutes here (``--threads 1``): under 10 minutes of
-  wall time on an otherwise idle 2-core machine, longer on a shared one.
+  the AMS profile's T_update (6 s), and each ground phase assumed to take 3 s (a 2-core CPU's
+  wall time says nothing about a ground GPU and varies with whatever else runs). One held-out
+  flight with the default schemes took 5.6 minutes of wall time here (``--threads 1``, with
+  another run sharing the two cores): AMS 2.6, the paper's AMS 1.6, One-Time 0.9 and the three
+  Remote+Tracking runs 0.6 minutes.
 - ``--full`` (a GPU): the full student at 256x512, 600-s flights, K = 20 (the paper's), phases
   taking their measured wall time, training on CUDA where available. The 256x512 student is not
   committed: the first ``--full`` run pretrains it (about 5 minutes on one H100) and caches it
@@ -19,12 +20,23 @@ file (``--video``) with either a teacher (``--teacher``: a make_teacher config a
 .json file, or ``onnx:PATH`` / ``torchscript:PATH``) whose labels are the ground truth, or a
 folder of precomputed ``gt_%06d.png`` labels (``--labels``), which also serve as the teacher.
 
+Schemes (``--schemes``; default: No Customization, One-Time, AMS, AMS with the paper's profile
+and Remote+Tracking): ``ams`` runs the project's settings (``--ams-profile``, ams_ros.profiles;
+single options such as ``--strategy`` override one value), ``ams_paper`` always the paper's
+Algorithms 1-2, so every table shows what the departures buy. ``remote_tracking`` runs once per
+one-way latency of ``--remote-latencies`` (0.1, 0.3 and 1 s), named ``remote_tracking@0.3s``,
+with the camera at ``--remote-fps`` (5 frames/s), so the tracker follows the scene between
+labels as it would on a real camera; it is scored on the same frames as the others.
+
 Ablations (``--ablation``, repeatable) add variants to every flight, named ``scheme[...]``:
 ``selection`` (Table 3: strategy x fraction, plus full-model training as the reference),
 ``t_update`` (Figure 4: T_update 10-40 s), ``jit_threshold`` (Figure 4's other curve:
 Just-In-Time at several accuracy thresholds), ``asr`` (sampling rate fixed at r_max),
 ``patch_codec`` (the paper's gzip/fp16 format against ours), ``uplink_codec`` (JPEG frames
-instead of H.264).
+instead of H.264). ``drift`` flies every flight again over worlds whose looks persist
+longer (``--look-regions``: blocks of R x R districts share their looks; the flights are named
+``synthetic-1000-looks4``) and the report's drift sweep gives each scheme's mIoU against the
+mean time a look stayed in view.
 
 Output folder: ``results.json`` ({'meta': ..., 'results': [SchemeResult.to_dict(), ...]}),
 ``table.txt``, and the report (``report.write_report``: tables, PNG plots, ``figures.json``).
@@ -48,8 +60,8 @@ import numpy as np
 
 from ams_ros import IGNORE_LABEL
 from ams_ros.drone.agent import DroneConfig
+from ams_ros.evaluation.baselines import REMOTE_TRACKING, JustInTime, RemoteTracking
 from ams_ros.evaluation.baselines import SCHEMES as BASELINES
-from ams_ros.evaluation.baselines import JustInTime
 from ams_ros.evaluation.core import EvalContext, SchemeResult
 from ams_ros.evaluation.link import ChannelConfig, LinkConfig
 from ams_ros.evaluation.report import write_report
@@ -71,19 +83,28 @@ from ams_ros.ground.selection import (
     GRADIENT_MAGNITUDE,
     LAST_LAYERS,
     RANDOM,
+    STRATEGIES,
 )
 from ams_ros.ground.trainer import TrainerConfig
+from ams_ros.profiles import AMS, DEFAULT_PROFILE, PAPER
+from ams_ros.profiles import PROFILES as AMS_PROFILES
 from ams_ros.wire.frame_codec import CodecSettings
-from ams_ros.wire.patch_codec import DEFAULT_FORMAT, PAPER_FORMAT
+from ams_ros.wire.patch_codec import PAPER_FORMAT, VALUE_MODES
+from ams_ros.world.map import DEFAULT_LOOK_REGION
 
 ABLATIONS = ('selection', 't_update', 'jit_threshold', 'asr', 'patch_codec', 'uplink_codec',
-             'fleet')
+             'fleet', 'drift')
 TABLE3_STRATEGIES = (LAST_LAYERS, FIRST_LAYERS, FIRST_LAST, RANDOM, GRADIENT_GUIDED,
                      GRADIENT_MAGNITUDE)
 TABLE3_FRACTIONS = (0.2, 0.1, 0.05, 0.01)
 FIG4_T_UPDATE = (10.0, 20.0, 30.0, 40.0)
 FIG4_JIT_THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
-DEFAULT_SCHEMES = ('no_customization', 'one_time', 'ams')
+DRIFT_LOOK_REGIONS = (1, 2, 4, 8)
+# Remote+Tracking on realistic links: one-way latencies (s), at a camera rate the tracker can use.
+REMOTE_LATENCIES = (0.1, 0.3, 1.0)
+REMOTE_FPS = 5.0
+PAPER_SCHEME = 'ams_paper'  # AMS with the paper's profile, beside the defaults
+DEFAULT_SCHEMES = ('no_customization', 'one_time', 'ams', PAPER_SCHEME, REMOTE_TRACKING)
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,8 @@ class Variant:
     ground: GroundConfig | None = None
     drone: DroneConfig | None = None
     fleet: bool = False
+    link: LinkConfig | None = None
+    fps: float | None = None  # camera rate (the evaluated frames stay the same)
 
 
 # -- the student ------------------------------------------------------------------------------
@@ -209,7 +232,10 @@ def make_sources(args) -> list:
     if args.video:
         ignore = args.task.ignore_label if args.task else IGNORE_LABEL
         return [VideoFileSource(args.video, args.labels, args.duration, ignore_label=ignore)]
-    return [SyntheticSource(seed, args.duration) for seed in args.seeds]
+    regions = [args.look_region] + [r for r in args.look_regions
+                                    if 'drift' in args.ablation and r != args.look_region]
+    return [SyntheticSource(seed, args.duration, look_region=region)
+            for region in regions for seed in args.seeds]
 
 
 def base_configs(args) -> tuple[GroundConfig, DroneConfig]:
@@ -217,8 +243,11 @@ def base_configs(args) -> tuple[GroundConfig, DroneConfig]:
     trainer = TrainerConfig(iterations=args.iterations, batch_size=args.batch_size,
                             fraction=args.fraction, strategy=args.strategy,
                             horizon_s=args.horizon, learning_rate=args.learning_rate,
-                            device=args.device)
-    ground = GroundConfig(trainer=trainer, patch_format=DEFAULT_FORMAT,
+                            device=args.device, class_balance=args.class_balance)
+    settings = AMS_PROFILES[args.ams_profile]
+    values = args.patch_values or settings.patch_format.value_mode
+    patch_format = dataclasses.replace(settings.patch_format, value_mode=values)
+    ground = GroundConfig(trainer=trainer, patch_format=patch_format,
                           asr=AsrConfig(), atr=AtrConfig(period_min=args.t_update,
                                                          period_max=max(40.0, args.t_update)))
     drone = DroneConfig(uplink=CodecSettings(codec='h264', bitrate_kbps=args.uplink_bitrate),
@@ -226,12 +255,28 @@ def base_configs(args) -> tuple[GroundConfig, DroneConfig]:
     return ground, drone
 
 
+def base_link(args) -> LinkConfig:
+    return LinkConfig(ChannelConfig(args.uplink_kbps, args.latency, args.loss),
+                      ChannelConfig(args.downlink_kbps, args.latency, args.loss))
+
+
 def make_variants(args, ground: GroundConfig, drone: DroneConfig) -> list[Variant]:
     variants = []
-    for name in args.schemes:
-        scheme = _scheme(name)
-        variants.append(Variant(scheme, scheme.name, {}))
     replace = dataclasses.replace
+    for name in args.schemes:
+        if name == PAPER_SCHEME:
+            variants.append(Variant(Ams(PAPER_SCHEME), PAPER_SCHEME, {}, PAPER.ground(ground),
+                                    PAPER.drone(drone)))
+        elif name == REMOTE_TRACKING:
+            link = base_link(args)
+            for latency in args.remote_latencies:
+                label = f'{REMOTE_TRACKING}@{latency:g}s'
+                channels = [replace(c, latency_s=latency) for c in (link.uplink, link.downlink)]
+                variants.append(Variant(RemoteTracking(label), label, {}, link=LinkConfig(
+                    *channels), fps=max(args.remote_fps, args.fps)))
+        else:
+            scheme = _scheme(name)
+            variants.append(Variant(scheme, scheme.name, {}))
     for ablation in args.ablation:
         if ablation == 'selection':
             full = replace(ground.trainer, strategy=FULL, fraction=1.0)
@@ -263,7 +308,7 @@ def make_variants(args, ground: GroundConfig, drone: DroneConfig) -> list[Varian
             variants.append(Variant(Ams('ams[asr=off]'), 'ams[asr=off]',
                                     {'kind': 'asr', 'asr': False}, replace(ground, asr=asr)))
         elif ablation == 'patch_codec':
-            for label, fmt in (('paper', PAPER_FORMAT), ('ours', DEFAULT_FORMAT)):
+            for label, fmt in (('paper', PAPER_FORMAT), ('ours', AMS.patch_format)):
                 name = f'ams[patch={label}]'
                 variants.append(Variant(Ams(name), name, {'kind': 'patch_codec', 'codec': label},
                                         replace(ground, patch_format=fmt)))
@@ -278,7 +323,7 @@ def make_variants(args, ground: GroundConfig, drone: DroneConfig) -> list[Varian
                 name = f'ams[fleet,{policy}]'
                 variants.append(Variant(Ams(name, policy=policy), name,
                                         {'kind': 'fleet', 'policy': policy}, fleet=True))
-        else:
+        elif ablation != 'drift':  # drift adds flights, not variants (make_sources)
             raise ValueError(f'unknown ablation {ablation!r}; expected one of {ABLATIONS}')
     return variants
 
@@ -337,8 +382,7 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
         shared_teacher = make_teacher(task.teacher)
     else:
         shared_teacher = parse_teacher(args.teacher) if args.teacher else None
-    link = LinkConfig(ChannelConfig(args.uplink_kbps, args.latency, args.loss),
-                      ChannelConfig(args.downlink_kbps, args.latency, args.loss))
+    link = base_link(args)
     phase_time = None if args.phase_time == 'measured' else float(args.phase_time)
     total = sum(s.duration_s for s in sources) * len(variants)
     results: list[SchemeResult] = []
@@ -348,16 +392,23 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
               dynamic_ncols=True) as bar:
 
         def context(source, teacher, variant: Variant) -> EvalContext:
+            fps = variant.fps or args.fps
             return EvalContext(
-                source=source, teacher=teacher, template=template, fps=args.fps,
-                eval_stride=max(1, round(args.fps / args.eval_fps)), frame_size=frame_size,
-                link=link, ground=variant.ground or ground, drone=variant.drone or drone,
+                source=source, teacher=teacher, template=template, fps=fps,
+                eval_stride=max(1, round(fps / args.eval_fps)), frame_size=frame_size,
+                link=variant.link or link, ground=variant.ground or ground,
+                drone=variant.drone or drone,
                 phase_time_s=phase_time, one_time_s=args.one_time, seed=args.seed,
                 progress=_Progress(bar, source.duration_s))
+
+        worlds = {source.name: source.world() for source in sources
+                  if isinstance(source, SyntheticSource)}
 
         def record(variant: Variant, run_results: list[SchemeResult], wall: float) -> None:
             for result in run_results:
                 result.extra['ablation'] = variant.ablation
+                if result.flight in worlds:
+                    result.extra['world'] = worlds[result.flight]
                 result.extra['wall_s'] = wall
                 results.append(result)
                 timings.append({'flight': result.flight, 'scheme': result.name,
@@ -374,7 +425,8 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
             cached = CachedSource(source)
             if shared_teacher is None and isinstance(source, SyntheticSource):
                 teacher = CachedLabelTeacher(cached, teacher)  # the flight's labels are exact
-            for variant in variants:
+            # The cache holds the frames of one camera rate: the base rate's variants go first.
+            for variant in sorted(variants, key=lambda v: v.fps is not None):
                 ctx = context(cached, teacher, variant)
                 if variant.fleet:
                     fleets[variant.label].append(ctx)  # flown with the others, below
@@ -403,6 +455,7 @@ def run_evaluation(args, log=print) -> tuple[list[SchemeResult], dict]:
         'atr': _plain(ground.atr), 'patch_format': _plain(ground.patch_format),
         'uplink': _plain(drone.uplink), 'one_time_s': args.one_time,
         'schemes': [v.label for v in variants], 'timings': timings,
+        'ams_profile': args.ams_profile,
         'wall_s': time.perf_counter() - started, 'device': args.device,
         'host': platform.node(), 'python': platform.python_version(),
     }
@@ -460,10 +513,12 @@ def format_table(results: Sequence[SchemeResult]) -> str:
         cells.append(_cell(row['miou'], row['uplink_kbps'], row['downlink_kbps']))
         lines.append(f'{row["scheme"]:<26}' + ''.join(f'{c:>28}' for c in cells))
     base = {row['scheme']: row['miou'] for row in rows}
-    for reference in ('no_customization', 'one_time'):
-        if 'ams' in base and reference in base:
-            lines.append(f'AMS gain over {reference}: {100 * (base["ams"] - base[reference]):+.2f}'
-                         ' mIoU points (mean over flights)')
+    for ams in ('ams', PAPER_SCHEME):
+        for reference in ('no_customization', 'one_time'):
+            if ams in base and reference in base:
+                lines.append(f'{ams} gain over {reference}: '
+                             f'{100 * (base[ams] - base[reference]):+.2f} mIoU points (mean over '
+                             'flights)')
     return '\n'.join(lines) + '\n'
 
 
@@ -506,6 +561,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                      "(onnx:teacher.onnx, torchscript:teacher.pt); ground truth for --video")
     src.add_argument('--labels', help='folder of gt_%%06d.png labels (by frame index) for --video')
     src.add_argument('--duration', type=float, help='flight length, s (profile default)')
+    src.add_argument('--look-region', type=int, default=DEFAULT_LOOK_REGION,
+                     help='the synthetic world\'s drift: looks are shared by blocks of this many '
+                          f'districts a side (default {DEFAULT_LOOK_REGION})')
+    src.add_argument('--look-regions', type=int, nargs='+', default=list(DRIFT_LOOK_REGIONS),
+                     help='drift ablation: the flights again over worlds of these look regions')
     run = parser.add_argument_group('schemes')
     run.add_argument('--schemes', nargs='+', default=list(DEFAULT_SCHEMES),
                      help=f'schemes to run (default: {" ".join(DEFAULT_SCHEMES)})')
@@ -534,11 +594,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                        'teacher labels (default: the student\'s input size)')
     model.add_argument('--iterations', type=int, help='K per phase (profile default)')
     model.add_argument('--batch-size', type=int, help='mini-batch size (profile default)')
-    model.add_argument('--fraction', type=float, default=0.05, help='gamma (default 0.05)')
-    model.add_argument('--strategy', default=GRADIENT_GUIDED, help='selection strategy')
-    model.add_argument('--learning-rate', type=float, default=1e-3)
-    model.add_argument('--horizon', type=float, default=240.0, help='T_horizon, s')
-    model.add_argument('--t-update', type=float, default=10.0, help='T_update, s')
+    model.add_argument('--ams-profile', choices=sorted(AMS_PROFILES), default=DEFAULT_PROFILE,
+                       help="AMS's settings (ams_ros.profiles): the project's ('ams', default) "
+                            "or the paper's; the options below override single values. The "
+                            f"scheme {PAPER_SCHEME} always runs the paper's")
+    model.add_argument('--fraction', type=float, help="gamma (the profile's)")
+    model.add_argument('--strategy', choices=STRATEGIES, help="selection strategy (the "
+                       "profile's)")
+    model.add_argument('--learning-rate', type=float, help="alpha (the profile's)")
+    model.add_argument('--horizon', type=float, help="T_horizon, s (the profile's)")
+    model.add_argument('--class-balance', type=float, help="weigh each class by its pixel "
+                       "share ** -b in the training loss (the profile's; 0: plain)")
+    model.add_argument('--patch-values', choices=VALUE_MODES, help="precision of patch values "
+                       "(the profile's)")
+    model.add_argument('--t-update', type=float, help="T_update, s (the profile's)")
     model.add_argument('--one-time', type=float, default=60.0, help='One-Time window, s')
     model.add_argument('--device', default='auto', help='training device: auto, cpu, cuda')
     model.add_argument('--phase-time', help="simulated phase duration, s, or 'measured'")
@@ -550,8 +619,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     net.add_argument('--uplink-kbps', type=float, help='uplink bandwidth (default unlimited)')
     net.add_argument('--downlink-kbps', type=float, help='downlink bandwidth (default unlimited)')
     net.add_argument('--latency', type=float, default=0.05, help='one-way latency, s')
+    net.add_argument('--remote-latencies', type=float, nargs='+', default=list(REMOTE_LATENCIES),
+                     help=f'{REMOTE_TRACKING}: one-way latencies it runs at, one variant each '
+                          '(default: %(default)s s)')
+    net.add_argument('--remote-fps', type=float, default=REMOTE_FPS,
+                     help=f'{REMOTE_TRACKING}: camera frame rate (default %(default)s; the '
+                          'evaluated frames stay those of --eval-fps)')
     net.add_argument('--loss', type=float, default=0.0, help='message loss probability')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--merge', nargs='+', metavar='DIR', help='write one report of the '
+                        'results of these output folders (runs split by seed or flight) '
+                        'instead of running')
     parser.add_argument('--out', default='eval_out', help='output folder (default eval_out)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
@@ -570,6 +648,14 @@ def resolve(args) -> argparse.Namespace:
     args.frame_size = _size(args.frame_size) if args.frame_size else None
     args.duration = args.duration or (None if args.video else profile.duration_s)
     args.iterations = args.iterations or profile.iterations
+    settings = AMS_PROFILES[args.ams_profile]
+    args.strategy = args.strategy or settings.strategy
+    args.fraction = args.fraction or settings.fraction
+    args.learning_rate = args.learning_rate or settings.learning_rate
+    args.horizon = args.horizon or settings.horizon_s
+    args.t_update = args.t_update or settings.t_update
+    if args.class_balance is None:
+        args.class_balance = settings.class_balance
     args.batch_size = args.batch_size or profile.batch_size
     args.fps = args.fps or profile.fps
     args.eval_fps = min(args.eval_fps or profile.eval_fps, args.fps)
@@ -577,6 +663,9 @@ def resolve(args) -> argparse.Namespace:
         args.phase_time = 'measured' if profile.phase_time_s is None else profile.phase_time_s
     if args.labels and not args.video:
         raise SystemExit('--labels needs --video')
+    if args.video and 'drift' in args.ablation:
+        raise SystemExit('--ablation drift varies the synthetic world: it needs --seeds, not '
+                         '--video')
     return args
 
 
@@ -608,8 +697,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(build_parser().parse_args(argv))
 
 
+def merge_runs(folders: Sequence[str | Path]) -> tuple[list[SchemeResult], dict]:
+    """Return the results of several `ams eval` output folders and the first one's metadata.
+
+    Runs split over processes or machines (e.g. one per training seed) report as one. When
+    the runs used several training seeds, each flight is named with its seed
+    (``synthetic-1000 seed 1``), so the tables average over every flight and seed.
+    """
+    runs = [json.loads((Path(folder) / 'results.json').read_text()) for folder in folders]
+    seeds = sorted({data['meta'].get('seed') for data in runs})
+    results = []
+    for data in runs:
+        for item in data['results']:
+            result = SchemeResult.from_dict(item)
+            if len(seeds) > 1:
+                result.flight = f'{result.flight} seed {data["meta"].get("seed")}'
+            results.append(result)
+    meta = dict(runs[0]['meta'], merged=[str(f) for f in folders], seeds=seeds)
+    return results, meta
+
+
 def run(args) -> int:
     """Run a parsed `ams eval` command."""
+    if args.merge:
+        results, meta = merge_runs(args.merge)
+        write_outputs(results, meta, Path(args.out), log=print)
+        return 0
     args = resolve(args)
     results, meta = run_evaluation(args, log=lambda m: print(m, file=sys.stderr))
     write_outputs(results, meta, Path(args.out), log=print)

@@ -27,21 +27,29 @@ import numpy as np
 from ams_ros import IGNORE_LABEL
 from ams_ros.evaluation.core import SourceFrame
 from ams_ros.pixels import resize_frame, resize_labels
+from ams_ros.world.map import DEFAULT_LOOK_REGION
 
 LABEL_PATTERN = 'gt_%06d.png'
 
 
 class SyntheticSource:
-    """Flight `seed` of the synthetic world, `duration_s` long (seeds >= 1000 are held out)."""
+    """Flight `seed` of the synthetic world, `duration_s` long (seeds >= 1000 are held out).
 
-    def __init__(self, seed: int, duration_s: float = 600.0, start_s: float = 0.0):
+    look_region: the world's drift (ams_ros.world.map); a flight over a world of another drift
+    than the default is named with it, e.g. ``synthetic-1000-looks4``.
+    """
+
+    def __init__(self, seed: int, duration_s: float = 600.0, start_s: float = 0.0,
+                 look_region: int = DEFAULT_LOOK_REGION):
         from ams_ros.world import AerialVideo
 
         self.seed = int(seed)
         self.duration_s = float(duration_s)
         self.start_s = float(start_s)
-        self.video = AerialVideo(self.seed, self.duration_s, self.start_s)
-        self.name = f'synthetic-{self.seed}'
+        self.look_region = look_region
+        self.video = AerialVideo(self.seed, self.duration_s, self.start_s, look_region)
+        self.name = f'synthetic-{self.seed}' + (
+            '' if look_region == DEFAULT_LOOK_REGION else f'-looks{look_region}')
 
     def frames(self, fps: float, height: int | None = None,
                width: int | None = None) -> Iterator[SourceFrame]:
@@ -50,6 +58,10 @@ class SyntheticSource:
         # The last instant, duration_s, is left out: a flight of D s at f fps has D*f frames.
         stop = self.duration_s - 0.5 / fps
         yield from self.video.frames(fps, height, width, stop_t=stop)
+
+    def world(self) -> dict:
+        """Return the world's drift: its look region and the flight's measured look dwell."""
+        return {'look_region': self.look_region, 'look_dwell_s': self.video.look_dwell_s()}
 
     def default_teacher(self):
         """Return the world's perfect teacher for this flight."""

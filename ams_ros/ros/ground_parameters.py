@@ -12,8 +12,9 @@ from ams_ros.ground.phase_scheduler import POLICIES, PhaseScheduler
 from ams_ros.ground.rate_control import AsrConfig, AtrConfig
 from ams_ros.ground.selection import STRATEGIES
 from ams_ros.ground.station import StationConfig
+from ams_ros.profiles import AMS
 from ams_ros.ros.node_parameters import Param, ParameterError, list_type
-from ams_ros.wire.patch_codec import DEFAULT_FORMAT, VALUE_MODES
+from ams_ros.wire.patch_codec import DEFAULT_FORMAT, PATCH_STREAMS, VALUE_MODES
 from ams_ros.world import CLASS_NAMES
 
 TEACHER_KINDS = ('synthetic', 'onnx', 'torchscript', 'torchvision')
@@ -78,19 +79,26 @@ PARAMETERS = (
     # Training (Algorithm 1).
     Param('trainer.iterations', 20, 'K: iterations per phase', low=1, high=100000),
     Param('trainer.batch_size', 8, 'frames per iteration', low=1, high=4096),
-    Param('trainer.learning_rate', 1e-3, 'alpha (Adam)', above=0.0),
-    Param('trainer.fraction', 0.05, 'gamma: fraction of parameters updated per phase',
+    Param('trainer.learning_rate', AMS.learning_rate, 'alpha (Adam; the paper: 0.001)',
+          above=0.0),
+    Param('trainer.class_balance', AMS.class_balance, 'weigh each class in the loss by its '
+          'pixel share in the batch ** -class_balance (0: plain cross entropy, the paper)',
+          low=0.0, high=4.0),
+    Param('trainer.fraction', AMS.fraction, 'gamma: fraction of parameters updated per phase',
           above=0.0, high=1.0),
-    Param('trainer.strategy', 'gradient_guided', 'which parameters a phase updates',
-          choices=STRATEGIES),
+    Param('trainer.strategy', AMS.strategy, 'which parameters a phase updates (the paper: '
+          'gradient_guided)', choices=STRATEGIES),
     Param('trainer.optimizer', 'adam', 'adam (the paper) or sgd', choices=('adam', 'sgd')),
     Param('trainer.momentum', 0.0, 'sgd only', low=0.0, high=1.0),
-    Param('trainer.horizon_s', 240.0, 'T_horizon: training samples frames of this many seconds',
-          above=0.0),
+    Param('trainer.horizon_s', AMS.horizon_s, 'T_horizon: training samples frames of this many '
+          'seconds', above=0.0),
     Param('trainer.channels_last', True, 'NHWC activations (about 2x faster on CPU)'),
     # Downlink.
-    Param('patch.value_mode', DEFAULT_FORMAT.value_mode, 'precision of patch values: fp16 (the '
+    Param('patch.value_mode', AMS.patch_format.value_mode, 'precision of patch values: fp16 (the '
           "paper's), fp16-delta, q8-delta or fp32", choices=VALUE_MODES),
+    Param('patch.streams', 'smallest', "how indices and values are packed: the smallest of "
+          "every index scheme and compressor, or the paper's gzip'd bit-mask",
+          choices=tuple(PATCH_STREAMS)),
     Param('patch.zstd_level', DEFAULT_FORMAT.zstd_level, 'zstd level of patch streams', low=1,
           high=22),
     # ASR (paper Eq. 1) and ATR.
@@ -102,8 +110,8 @@ PARAMETERS = (
     Param('asr.interval', 10.0, 'delta t: seconds (of stamp time) between rate updates',
           above=0.0),
     Param('atr.enabled', False, 'adapt T_update to the scene (off: the paper, fixed T_update)'),
-    Param('atr.period_min', 10.0, 'T_update (s) when the scene changes; also the fixed value',
-          above=0.0),
+    Param('atr.period_min', AMS.t_update, 'T_update (s) when the scene changes; also the fixed '
+          'value', above=0.0),
     Param('atr.period_max', 40.0, 'longest T_update (s)', above=0.0),
     Param('atr.growth', 1.5, 'T_update factor per calm step', low=1.0),
     Param('atr.phi_low', 0.2, 'phi below this counts as calm', low=0.0, high=1.0),
@@ -195,11 +203,13 @@ def ground_config(p: dict, device: str) -> GroundConfig:
 
     trainer = TrainerConfig(
         iterations=p['trainer.iterations'], batch_size=p['trainer.batch_size'],
-        learning_rate=p['trainer.learning_rate'], fraction=p['trainer.fraction'],
+        learning_rate=p['trainer.learning_rate'], class_balance=p['trainer.class_balance'],
+        fraction=p['trainer.fraction'],
         strategy=p['trainer.strategy'], horizon_s=p['trainer.horizon_s'],
         optimizer=p['trainer.optimizer'], momentum=p['trainer.momentum'], device=device,
         channels_last=p['trainer.channels_last'])
-    patch_format = dataclasses.replace(DEFAULT_FORMAT, value_mode=p['patch.value_mode'],
+    patch_format = dataclasses.replace(PATCH_STREAMS[p['patch.streams']],
+                                       value_mode=p['patch.value_mode'],
                                        zstd_level=p['patch.zstd_level'])
     asr = AsrConfig(phi_target=p['asr.phi_target'], step_size=p['asr.step_size'],
                     rate_min=p['asr.rate_min'], rate_max=p['asr.rate_max'],

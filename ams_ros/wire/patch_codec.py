@@ -106,6 +106,8 @@ DEFAULT_FORMAT = PatchFormat()
 # The paper's format (and its code's): gzip -9 of the packed bit-mask and of float16 new values.
 PAPER_FORMAT = PatchFormat(
     value_mode='fp16', index_schemes=('bitmask',), compressors=('gzip',), shuffle=(False,))
+# How the streams are packed, by name (the ground node's patch.streams); the precision is apart.
+PATCH_STREAMS = {'smallest': DEFAULT_FORMAT, 'paper': PAPER_FORMAT}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ Appearance is drawn from a fixed bank of looks (colour + texture). Each world as
 classes with a random permutation, and each district reassigns some of them, so one look is,
 say, water in one district and roofs in the next: colour alone does not tell the class, the
 district's context does.
+
+How long a look stays in view is the world's drift. By default every district draws its own
+departures, so a cruising drone meets new looks about once a minute; with `look_region` R > 1 the
+departures are drawn once per block of R x R districts, so a look persists over R times the
+distance (minutes of flight). The districts' layouts are the same at any R.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ LOOK_CHANGES_P = (0.2, 0.5, 0.3)
 # clearings. A generic student is left guessing between them; one that has seen the flight's
 # looks is not.
 COVER_SHAPE_SWAP_P = 0.5
+DEFAULT_LOOK_REGION = 1  # districts per side of a block that shares its looks
 WOODLAND_P = 0.35
 
 
@@ -132,9 +138,13 @@ class District:
 class World:
     """An unbounded map made of districts; generated on demand and kept in a small cache."""
 
-    def __init__(self, seed: int, cache_size: int = 8):
+    def __init__(self, seed: int, cache_size: int = 8,
+                 look_region: int = DEFAULT_LOOK_REGION):
+        if not (isinstance(look_region, int) and look_region >= 1):
+            raise ValueError(f'look_region must be a positive integer, got {look_region!r}')
         self.seed = int(seed)
         self.style = world_style(self.seed)
+        self.look_region = look_region
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[int, int], District] = OrderedDict()
 
@@ -143,11 +153,15 @@ class World:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        district = make_district(self.seed, self.style, *key)
+        district = make_district(self.seed, self.style, *key, self.look_region)
         self._cache[key] = district
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return district
+
+    def looks_at(self, ix: int, iy: int) -> tuple[int, ...]:
+        """Return district (ix, iy)'s looks without building it."""
+        return _kind_and_looks(self.seed, self.style, ix, iy, self.look_region)[2]
 
     def district_index(self, x: float, y: float) -> tuple[int, int]:
         """Which district contains map point (x, y)."""
@@ -173,7 +187,7 @@ class World:
 
 
 # Purposes of the random streams drawn from one seed, so no two uses share a stream.
-STYLE_STREAM, DISTRICT_STREAM, FLIGHT_STREAM, COVER_STREAM = range(4)
+STYLE_STREAM, DISTRICT_STREAM, FLIGHT_STREAM, COVER_STREAM, REGION_STREAM = range(5)
 
 
 def seeded_rng(seed: int, stream: int, *keys: int) -> np.random.Generator:
@@ -201,10 +215,26 @@ def district_looks(style: tuple[int, ...], rng: np.random.Generator) -> tuple[in
     return tuple(looks)
 
 
-def make_district(seed: int, style: tuple[int, ...], ix: int, iy: int) -> District:
+def region_looks(seed: int, style: tuple[int, ...], ix: int, iy: int,
+                 look_region: int = 1) -> tuple[int, ...]:
+    """Return the looks of district (ix, iy)'s block of look_region x look_region districts."""
+    rng = seeded_rng(seed, REGION_STREAM, ix // look_region, iy // look_region)
+    return district_looks(style, rng)
+
+
+def _kind_and_looks(seed: int, style: tuple[int, ...], ix: int, iy: int, look_region: int):
+    """Return (the district's generator, its Kind, its looks): the first draws of a district."""
     rng = seeded_rng(seed, DISTRICT_STREAM, ix, iy)
     kind = KINDS[rng.choice(len(KINDS), p=KIND_WEIGHTS)]
-    looks = district_looks(style, rng)
+    looks = district_looks(style, rng)  # drawn at any region size: the layout stays the same
+    if look_region > 1:
+        looks = region_looks(seed, style, ix, iy, look_region)
+    return rng, kind, looks
+
+
+def make_district(seed: int, style: tuple[int, ...], ix: int, iy: int,
+                  look_region: int = 1) -> District:
+    rng, kind, looks = _kind_and_looks(seed, style, ix, iy, look_region)
     cover = seeded_rng(seed, COVER_STREAM, ix, iy)
     shapes = (_vegetation_field, _water_field)
     if cover.random() < COVER_SHAPE_SWAP_P:
