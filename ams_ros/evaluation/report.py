@@ -540,7 +540,7 @@ def _figure(width: float, height: float, rows: int = 1, **kw):
 
 
 def _colour(name: str, index: int) -> str:
-    if name in COLOURS:  # the variants of a scheme at other links take the palette's colours
+    if name in COLOURS:
         return COLOURS[name]
     palette = ('#d62728', '#8c564b', '#e377c2', '#bcbd22', '#17becf', '#aec7e8', '#ffbb78')
     return palette[index % len(palette)]

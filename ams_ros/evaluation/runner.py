@@ -86,7 +86,7 @@ from ams_ros.ground.selection import (
     STRATEGIES,
 )
 from ams_ros.ground.trainer import TrainerConfig
-from ams_ros.profiles import AMS, DEFAULT_PROFILE, PAPER
+from ams_ros.profiles import AMS, DEFAULT_PROFILE, PAPER, AmsProfile
 from ams_ros.profiles import PROFILES as AMS_PROFILES
 from ams_ros.wire.frame_codec import CodecSettings
 from ams_ros.wire.patch_codec import PAPER_FORMAT, VALUE_MODES
@@ -238,20 +238,27 @@ def make_sources(args) -> list:
             for region in regions for seed in args.seeds]
 
 
+def ams_settings(args) -> AmsProfile:
+    """Return the AMS profile the command line names, with the single values it overrides."""
+    profile = AMS_PROFILES[args.ams_profile]
+    given = {'strategy': args.strategy, 'fraction': args.fraction,
+             'learning_rate': args.learning_rate, 'class_balance': args.class_balance,
+             'horizon_s': args.horizon, 't_update': args.t_update}
+    changes = {name: value for name, value in given.items() if value is not None}
+    if args.patch_values is not None:
+        changes['patch_format'] = dataclasses.replace(profile.patch_format,
+                                                      value_mode=args.patch_values)
+    return dataclasses.replace(profile, **changes)
+
+
 def base_configs(args) -> tuple[GroundConfig, DroneConfig]:
     """Return the ground and drone configs the command line describes (profile defaults filled)."""
+    settings = ams_settings(args)
     trainer = TrainerConfig(iterations=args.iterations, batch_size=args.batch_size,
-                            fraction=args.fraction, strategy=args.strategy,
-                            horizon_s=args.horizon, learning_rate=args.learning_rate,
-                            device=args.device, class_balance=args.class_balance)
-    settings = AMS_PROFILES[args.ams_profile]
-    values = args.patch_values or settings.patch_format.value_mode
-    patch_format = dataclasses.replace(settings.patch_format, value_mode=values)
-    ground = GroundConfig(trainer=trainer, patch_format=patch_format,
-                          asr=AsrConfig(), atr=AtrConfig(period_min=args.t_update,
-                                                         period_max=max(40.0, args.t_update)))
-    drone = DroneConfig(uplink=CodecSettings(codec='h264', bitrate_kbps=args.uplink_bitrate),
-                        update_period=args.t_update)
+                            device=args.device)
+    ground = settings.ground(GroundConfig(trainer=trainer, asr=AsrConfig(), atr=AtrConfig()))
+    drone = settings.drone(DroneConfig(uplink=CodecSettings(codec='h264',
+                                                            bitrate_kbps=args.uplink_bitrate)))
     return ground, drone
 
 
@@ -648,14 +655,6 @@ def resolve(args) -> argparse.Namespace:
     args.frame_size = _size(args.frame_size) if args.frame_size else None
     args.duration = args.duration or (None if args.video else profile.duration_s)
     args.iterations = args.iterations or profile.iterations
-    settings = AMS_PROFILES[args.ams_profile]
-    args.strategy = args.strategy or settings.strategy
-    args.fraction = args.fraction or settings.fraction
-    args.learning_rate = args.learning_rate or settings.learning_rate
-    args.horizon = args.horizon or settings.horizon_s
-    args.t_update = args.t_update or settings.t_update
-    if args.class_balance is None:
-        args.class_balance = settings.class_balance
     args.batch_size = args.batch_size or profile.batch_size
     args.fps = args.fps or profile.fps
     args.eval_fps = min(args.eval_fps or profile.eval_fps, args.fps)

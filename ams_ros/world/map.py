@@ -97,8 +97,8 @@ LOOK_CHANGES_P = (0.2, 0.5, 0.3)
 # clearings. A generic student is left guessing between them; one that has seen the flight's
 # looks is not.
 COVER_SHAPE_SWAP_P = 0.5
-DEFAULT_LOOK_REGION = 1  # districts per side of a block that shares its looks
 WOODLAND_P = 0.35
+DEFAULT_LOOK_REGION = 1  # districts per side of a block that shares its looks
 
 
 @dataclass(frozen=True)
@@ -216,8 +216,8 @@ def district_looks(style: tuple[int, ...], rng: np.random.Generator) -> tuple[in
     return tuple(looks)
 
 
-def region_looks(seed: int, style: tuple[int, ...], ix: int, iy: int,
-                 look_region: int = 1) -> tuple[int, ...]:
+def _region_looks(seed: int, style: tuple[int, ...], ix: int, iy: int,
+                  look_region: int) -> tuple[int, ...]:
     """Return the looks of district (ix, iy)'s block of look_region x look_region districts."""
     rng = seeded_rng(seed, REGION_STREAM, ix // look_region, iy // look_region)
     return district_looks(style, rng)
@@ -229,12 +229,12 @@ def _kind_and_looks(seed: int, style: tuple[int, ...], ix: int, iy: int, look_re
     kind = KINDS[rng.choice(len(KINDS), p=KIND_WEIGHTS)]
     looks = district_looks(style, rng)  # drawn at any region size: the layout stays the same
     if look_region > 1:
-        looks = region_looks(seed, style, ix, iy, look_region)
+        looks = _region_looks(seed, style, ix, iy, look_region)
     return rng, kind, looks
 
 
 def make_district(seed: int, style: tuple[int, ...], ix: int, iy: int,
-                  look_region: int = 1) -> District:
+                  look_region: int = DEFAULT_LOOK_REGION) -> District:
     rng, kind, looks = _kind_and_looks(seed, style, ix, iy, look_region)
     cover = seeded_rng(seed, COVER_STREAM, ix, iy)
     shapes = (_vegetation_field, _water_field)
